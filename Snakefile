@@ -1,0 +1,21 @@
+# msgfm: raw satellite archives -> GeoPile-2 shards -> pretraining -> finetuning -> paper tables.
+# Logic lives in the msgfm package; the rules only wire files to its command-line verbs.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,116 @@
+"""``python -m msgfm <verb>``: the one entry point every Snakemake rule calls.
+
+Each verb parses its arguments and hands over to one library function, importing it only
+then: a tiling job should not pay for importing torch, a download job not for rasterio.
+Errors raised on purpose (:class:`msgfm.errors.MsgfmError`) are printed as one clear line
+and exit with status 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from msgfm.errors import MsgfmError
+
+Handler = Callable[[argparse.Namespace], object]
+
+
+def _make_demo(args: argparse.Namespace) -> object:
+    from msgfm.data.demo import write_demo
+
+    return write_demo(args.data_root, seed=args.seed, datasets=args.datasets)
+
+
+def _prepare(args: argparse.Namespace) -> object:
+    from msgfm.data.download import prepare
+
+    return prepare(args.dataset, args.data_root, mirror=args.mirror)
+
+
+def _tile_pretrain(args: argparse.Namespace) -> object:
+    from msgfm.data.tiling.pretrain import tile_pretrain
+
+    return tile_pretrain(
+        args.source,
+        args.data_root,
+        args.out,
+        tile=args.tile,
+        mdas_resize=args.mdas_resize,
+        mdas_window=args.mdas_window,
+        rows_per_shard=args.rows_per_shard,
+    )
+
+
+def _tile_downstream(args: argparse.Namespace) -> object:
+    from msgfm.data.tiling.downstream import tile_downstream
+
+    return tile_downstream(
+        args.task,
+        args.data_root,
+        args.out,
+        crop=args.crop,
+        stride=args.stride,
+        rows_per_shard=args.rows_per_shard,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msgfm", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    demo = verb("make-demo", _make_demo, "write the demo datasets in their real layouts")
+    demo.add_argument("--data-root", type=Path, required=True)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--datasets", nargs="*", default=None, help="default: all eight")
+
+    prep = verb("prepare", _prepare, "download and extract a dataset, or check a manual one")
+    prep.add_argument("dataset")
+    prep.add_argument("--data-root", type=Path, required=True)
+    prep.add_argument("--mirror", default=None, help="base URL replacing the public hosts")
+
+    pre = verb("tile-pretrain", _tile_pretrain, "tile a GeoPile-2 source into shards")
+    pre.add_argument("source")
+    pre.add_argument("--data-root", type=Path, required=True)
+    pre.add_argument("--out", type=Path, required=True)
+    pre.add_argument("--tile", type=int, default=192)
+    pre.add_argument("--mdas-resize", type=int, default=384)
+    pre.add_argument("--mdas-window", type=int, default=None)
+    pre.add_argument("--rows-per-shard", type=int, default=1024)
+
+    down = verb("tile-downstream", _tile_downstream, "tile a downstream dataset into shards")
+    down.add_argument("task")
+    down.add_argument("--data-root", type=Path, required=True)
+    down.add_argument("--out", type=Path, required=True)
+    down.add_argument("--crop", type=int, default=512, help="Vaihingen crop size")
+    down.add_argument("--stride", type=int, default=256, help="Vaihingen crop stride")
+    down.add_argument("--rows-per-shard", type=int, default=1024)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.handler(args)
+    except MsgfmError as exc:
+        print(f"msgfm {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    elif result is not None:
+        print(result)
+    return 0

@@ -1,0 +1,116 @@
+"""The four sensor modalities of msGFM, their bands by name, and their value handling.
+
+Bands are addressed by name, never by position, because the datasets disagree on what they
+ship: SEN12MS has all 13 Sentinel-2 bands, BigEarthNet has 12 (no B10), Vaihingen's "RGB" is
+IR-R-G. A dataset that lacks a band gets zeros there plus a per-band validity mask, so one
+patch embedding per sensor serves every dataset (SPEC §1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from msgfm.errors import DataError
+
+S2_BANDS: tuple[str, ...] = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07",
+    "B08", "B8A", "B09", "B10", "B11", "B12",
+)  # fmt: skip
+SAR_BANDS: tuple[str, ...] = ("VV", "VH")
+RGB_BANDS: tuple[str, ...] = ("R", "G", "B")
+DSM_BANDS: tuple[str, ...] = ("DSM",)
+
+# ImageNet statistics, as GFM/SimMIM normalise RGB; the sensor-specific scalings below map
+# the other sensors to [0, 1] first.
+RGB_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+RGB_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+S2_MAX_REFLECTANCE = 10000.0
+SAR_DB_RANGE = (-25.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A sensor modality: its canonical band names and the dtype its shards store."""
+
+    name: str
+    bands: tuple[str, ...]
+    dtype: str
+
+    @property
+    def channels(self) -> int:
+        return len(self.bands)
+
+
+SENSORS: dict[str, Sensor] = {
+    "rgb": Sensor("rgb", RGB_BANDS, "uint8"),
+    "s2": Sensor("s2", S2_BANDS, "uint16"),
+    "sar": Sensor("sar", SAR_BANDS, "float32"),
+    "dsm": Sensor("dsm", DSM_BANDS, "float32"),
+}
+
+
+def get_sensor(name: str) -> Sensor:
+    """Look a sensor up by name with an error that lists the valid names."""
+    try:
+        return SENSORS[name]
+    except KeyError:
+        raise KeyError(f"unknown sensor {name!r}; expected one of {sorted(SENSORS)}") from None
+
+
+def select_bands(
+    array: np.ndarray,
+    have: Sequence[str],
+    want: Sequence[str],
+    *,
+    source: str = "<array>",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder a (C, H, W) array from the band names it ``have``s to those we ``want``.
+
+    Bands in ``want`` that the data lacks are filled with zeros and flagged invalid in the
+    returned boolean mask of shape (len(want),). Extra bands are dropped.
+    """
+    if array.ndim != 3 or array.shape[0] != len(have):
+        raise DataError(
+            source, f"expected {len(have)} bands {list(have)}, got array of shape {array.shape}"
+        )
+    position = {band: i for i, band in enumerate(have)}
+    out = np.zeros((len(want), *array.shape[1:]), dtype=array.dtype)
+    valid = np.zeros(len(want), dtype=bool)
+    for i, band in enumerate(want):
+        if band in position:
+            out[i] = array[position[band]]
+            valid[i] = True
+    return out, valid
+
+
+def normalize(sensor: str, array: np.ndarray) -> np.ndarray:
+    """Map a raw (C, H, W) or (N, C, H, W) array of one sensor to float32 model input.
+
+    - rgb: uint8 → [0, 1] → ImageNet mean/std (the statistics GFM/SimMIM use).
+    - s2: reflectance clipped to [0, 10000] and divided by 10000.
+    - sar: σ0 in dB clipped to [-25, 0] and rescaled to [0, 1]; NaNs were already replaced
+      by 0 dB at tiling time and counted in the tiling report.
+    - dsm: standardised per tile (metres relative to the tile's own mean and spread), because
+      absolute heights differ between MDAS and Vaihingen by hundreds of metres.
+    """
+    x = array.astype(np.float32, copy=False)
+    channel_axis = x.ndim - 3
+    if sensor == "rgb":
+        shape = [1] * x.ndim
+        shape[channel_axis] = 3
+        return (x / 255.0 - RGB_MEAN.reshape(shape)) / RGB_STD.reshape(shape)
+    if sensor == "s2":
+        return np.clip(x, 0.0, S2_MAX_REFLECTANCE) / S2_MAX_REFLECTANCE
+    if sensor == "sar":
+        low, high = SAR_DB_RANGE
+        return (np.clip(np.nan_to_num(x, nan=0.0), low, high) - low) / (high - low)
+    if sensor == "dsm":
+        axes = (-2, -1)
+        mean = x.mean(axis=axes, keepdims=True)
+        std = x.std(axis=axes, keepdims=True)
+        return (x - mean) / (std + 1e-6)
+    raise KeyError(f"unknown sensor {sensor!r}; expected one of {sorted(SENSORS)}")
