@@ -1,0 +1,52 @@
+"""Turning SLURM's warning signals into a clean checkpoint-and-exit.
+
+SLURM sends SIGTERM when it preempts or cancels a job and, with ``--signal=B:USR1@<s>``, SIGUSR1
+some seconds before the time limit. The handler only records the signal; the training loop
+checks it between steps, writes a checkpoint and leaves with :data:`EXIT_REQUEUE`, so that the
+requeued (or retried) job resumes from exactly that step.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+from msgfm.errors import MsgfmError
+
+log = logging.getLogger(__name__)
+
+# EX_TEMPFAIL from sysexits.h: "try again later", which is what a preempted job should do.
+EXIT_REQUEUE = 75
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(MsgfmError):
+    """Raised after the checkpoint is written, to end the process with EXIT_REQUEUE."""
+
+
+class PreemptionWatcher:
+    """Installs handlers for SIGTERM/SIGUSR1 and remembers whether one arrived."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> PreemptionWatcher:
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        log.warning(
+            "received %s: checkpointing at the end of this step", signal.Signals(signum).name
+        )
+        self.received = signum
+
+    @property
+    def triggered(self) -> bool:
+        return self.received is not None

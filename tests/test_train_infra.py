@@ -1,0 +1,164 @@
+"""Optimiser groups, schedules, checkpoints and preemption signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from msgfm.train.checkpoint import (
+    CheckpointError,
+    TrainPosition,
+    load_checkpoint,
+    save_checkpoint,
+)
+from msgfm.train.optim import build_optimizer, build_scheduler, param_groups
+from msgfm.train.preemption import PreemptionWatcher
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed_sar = nn.Linear(4, 8)
+        self.norm = nn.LayerNorm(8)
+        self.body = nn.Linear(8, 8)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.norm(self.embed_sar(x)))
+
+
+def groups_by_name(model: nn.Module, **kwargs: object) -> dict[str, tuple[float, float]]:
+    out = {}
+    for group in param_groups(model, weight_decay=0.05, **kwargs):
+        for name in group["names"]:
+            out[name] = (group["weight_decay"], group["lr_scale"])
+    return out
+
+
+def test_no_weight_decay_on_norms_biases_tables_and_mask_token() -> None:
+    groups = groups_by_name(Tiny())
+    assert groups["body.weight"] == (0.05, 1.0)
+    assert groups["embed_sar.weight"] == (0.05, 1.0)
+    for name in (
+        "body.bias",
+        "norm.weight",
+        "norm.bias",
+        "mask_token",
+        "relative_position_bias_table",
+    ):
+        assert groups[name][0] == 0.0, name
+
+
+def test_lr_scale_by_longest_prefix_is_applied_by_the_scheduler() -> None:
+    model = Tiny()
+    groups = param_groups(model, weight_decay=0.05, lr_scale_by_prefix={"embed_sar.": 0.25})
+    opt = build_optimizer(groups, lr=1e-4)
+    sched = build_scheduler(
+        opt, schedule="multistep", epochs=10, steps_per_epoch=5, warmup_epochs=0, warmup_lr=0.0
+    )
+    lrs = {round(g["lr_scale"], 3): g["lr"] for g in opt.param_groups}
+    assert lrs[1.0] == pytest.approx(1e-4)
+    assert lrs[0.25] == pytest.approx(0.25e-4)
+    del sched
+
+
+def test_warmup_starts_at_warmup_lr_and_multistep_decays() -> None:
+    opt = build_optimizer(param_groups(Tiny(), weight_decay=0.05), lr=1e-4)
+    sched = build_scheduler(
+        opt,
+        schedule="multistep",
+        epochs=8,
+        steps_per_epoch=10,
+        warmup_epochs=2,
+        warmup_lr=5e-7,
+        milestones=[6],
+    )
+    lr = lambda: opt.param_groups[0]["lr"]  # noqa: E731
+    assert lr() == pytest.approx(5e-7)
+    sched.step_update(10)
+    assert 5e-7 < lr() < 1e-4
+    sched.step_update(20)
+    assert lr() == pytest.approx(1e-4)
+    sched.step_update(60)
+    assert lr() == pytest.approx(1e-5)
+
+
+def make_state() -> tuple[nn.Module, torch.optim.Optimizer, object]:
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = build_optimizer(param_groups(model, weight_decay=0.05), lr=1e-3)
+    sched = build_scheduler(
+        opt, schedule="cosine", epochs=3, steps_per_epoch=4, warmup_epochs=1, warmup_lr=1e-6
+    )
+    return model, opt, sched
+
+
+def train_steps(model: nn.Module, opt: torch.optim.Optimizer, sched: object, steps: range) -> None:
+    for step in steps:
+        loss = model(torch.randn(2, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step_update(step + 1)
+
+
+def test_resume_from_checkpoint_is_bitwise_identical(tmp_path) -> None:
+    model, opt, sched = make_state()
+    train_steps(model, opt, sched, range(6))
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, opt, sched = make_state()
+    train_steps(model, opt, sched, range(3))
+    save_checkpoint(
+        tmp_path, model=model, optimizer=opt, scheduler=sched,
+        position=TrainPosition(epoch=0, step=3, global_step=3), config_hash="abc",
+    )  # fmt: skip
+    train_steps(model, opt, sched, range(3, 4))  # work after the checkpoint is lost
+
+    model, opt, sched = make_state()
+    position, _ = load_checkpoint(
+        tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="abc"
+    )
+    assert position == TrainPosition(epoch=0, step=3, global_step=3)
+    train_steps(model, opt, sched, range(3, 6))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path) -> None:
+    model, opt, sched = make_state()
+    save_checkpoint(
+        tmp_path, model=model, optimizer=opt, scheduler=sched,
+        position=TrainPosition(), config_hash="abc",
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="config"):
+        load_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="xyz")
+
+
+def test_damaged_checkpoint_is_reported_with_its_path(tmp_path) -> None:
+    model, opt, sched = make_state()
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"last\.pt"):
+        load_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="a")
+
+
+def test_no_checkpoint_means_fresh_start(tmp_path) -> None:
+    model, opt, sched = make_state()
+    assert (
+        load_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="a")
+        is None
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signals_are_recorded_not_fatal(sig: signal.Signals) -> None:
+    with PreemptionWatcher() as watcher:
+        assert not watcher.triggered
+        os.kill(os.getpid(), sig)
+        assert watcher.triggered and watcher.received == sig
+    assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
