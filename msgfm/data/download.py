@@ -1,0 +1,380 @@
+"""Fetch dataset archives over HTTP(S) or from a local mirror, verify them, and unpack them.
+
+Dataset archives are tens of gigabytes on shared cluster links, so a transfer that breaks must
+continue where it stopped (HTTP Range on ``<name>.part``), a file is only given its final name
+once complete and verified (``os.replace``), and a file whose md5 does not match is moved to
+``quarantine/`` where nothing picks it up. Only the standard library talks to the network.
+
+Layout: archives land in ``<data_root>/archives/<dataset>/``; their content goes to
+``<data_root>/<dataset>/``, where one small JSON per installed archive (in ``.msgfm-installed/``)
+lets a rerun after a crash skip what is already unpacked, and ``.msgfm-ready.json`` is written
+last. md5s are cached next to the archives (``.<name>.md5.json``, keyed on size and mtime) so a
+rerun does not re-read 60 GB to confirm what it verified an hour ago.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from http.client import HTTPException
+from pathlib import Path
+from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
+
+from tqdm import tqdm
+
+from msgfm.data.extract import safe_extract
+from msgfm.data.marker import write_ready_marker
+from msgfm.data.sources import RemoteFile, Source, get_source
+from msgfm.errors import ChecksumError, DataError, ManualDownloadRequired
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+INSTALLED_DIR = ".msgfm-installed"
+# HTTP statuses worth retrying: the server or a proxy is busy, not the request wrong.
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class _Interrupted(Exception):
+    """The connection ended before the announced number of bytes arrived."""
+
+
+def redact(url: str) -> str:
+    """``url`` without user:password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def file_md5(path: Path) -> str:
+    """md5 of ``path``, cached beside it while its size and mtime are unchanged."""
+    path = Path(path)
+    stat = path.stat()
+    cache = path.with_name(f".{path.name}.md5.json")
+    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    try:
+        cached = json.loads(cache.read_text())
+        if {k: cached.get(k) for k in key} == key:
+            return cached["md5"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    _write_json(cache, {**key, "md5": digest.hexdigest()})
+    return digest.hexdigest()
+
+
+def verify_md5(path: Path, md5: str | None, *, name: str | None = None) -> str:
+    """Return the md5 of ``path``; when it differs from ``md5``, move the file to
+    ``quarantine/<name>.<got>.bad`` beside it and raise ChecksumError."""
+    path = Path(path)
+    got = file_md5(path)
+    if md5 is None or got == md5.lower():
+        return got
+    name = name or path.name
+    bad = path.parent / "quarantine" / f"{name}.{got}.bad"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, bad)
+    path.with_name(f".{path.name}.md5.json").unlink(missing_ok=True)
+    raise ChecksumError(path.with_name(name), f"expected md5 {md5}, got {got}; moved to {bad}")
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    md5: str | None = None,
+    progress: bool = True,
+    retries: int = 5,
+    backoff_s: float = 2.0,
+    timeout_s: float = 60.0,
+) -> Path:
+    """Download ``url`` (http, https or file) to ``dest``, resuming from ``<dest>.part``.
+
+    A present ``dest`` with the right md5 (or with none published) is kept as it is; one with
+    a wrong md5 is quarantined and fetched again. Retries
+    ``retries`` times in a row without progress, waiting ``backoff_s`` doubled each time.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file():
+        try:
+            verify_md5(dest, md5)
+            log.info("%s: already present and verified", dest)
+            return dest
+        except ChecksumError as exc:
+            log.warning("%s; downloading it again", exc)
+    part = dest.with_name(dest.name + ".part")
+    scheme = urlsplit(url).scheme.lower()
+    log.info("downloading %s -> %s", redact(url), dest)
+    if scheme == "file":
+        _copy_local(url, part, dest)
+    elif scheme in ("http", "https"):
+        _fetch_http(url, part, progress, retries, backoff_s, timeout_s)
+    else:
+        raise DataError(dest, f"cannot fetch {redact(url)}: only http(s):// and file:// work")
+    verify_md5(part, md5, name=dest.name)
+    os.replace(part, dest)
+    # A rename keeps size and mtime, so the md5 just computed stays valid for the final name.
+    os.replace(part.with_name(f".{part.name}.md5.json"), dest.with_name(f".{dest.name}.md5.json"))
+    return dest
+
+
+def _copy_local(url: str, part: Path, dest: Path) -> None:
+    parts = urlsplit(url)
+    source = Path(unquote(parts.path))
+    if parts.netloc not in ("", "localhost") or not source.is_file():
+        raise DataError(source, f"mirror file for {dest.name} not found ({redact(url)})")
+    offset = part.stat().st_size if part.is_file() else 0
+    if offset > source.stat().st_size:
+        offset = 0
+    with open(source, "rb") as src, open(part, "r+b" if offset else "wb") as out:
+        src.seek(offset)
+        out.seek(offset)
+        out.truncate()
+        shutil.copyfileobj(src, out, CHUNK)
+
+
+def _request(url: str, offset: int) -> urllib.request.Request:
+    """A GET for ``url`` from byte ``offset``; credentials in the URL become a Basic header that
+    urllib does not forward when a redirect leads to another host."""
+    parts = urlsplit(url)
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=_host(parts))))
+    if parts.username is not None:
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_unredirected_header(
+            "Authorization", f"Basic {base64.b64encode(token).decode()}"
+        )
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    return request
+
+
+def _host(parts: SplitResult) -> str:
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _fetch_http(
+    url: str, part: Path, progress: bool, retries: int, backoff_s: float, timeout_s: float
+) -> None:
+    dest = part.with_name(part.name.removesuffix(".part"))
+    failures = 0
+    while True:
+        before = part.stat().st_size if part.is_file() else 0
+        try:
+            _transfer(url, part, before, progress, timeout_s)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code not in _RETRY_STATUS:
+                problem = f"{redact(url)} answered HTTP {exc.code} {exc.reason}"
+                raise DataError(dest, problem) from exc
+            error: Exception = exc
+        except (urllib.error.URLError, HTTPException, OSError, _Interrupted) as exc:
+            error = exc
+        now = part.stat().st_size if part.is_file() else 0
+        failures = 0 if now > before else failures + 1
+        if failures > retries:
+            problem = f"giving up on {redact(url)} after {retries} retries: {error}"
+            raise DataError(dest, problem)
+        wait = min(backoff_s * 2 ** max(failures - 1, 0), 300.0)
+        log.warning("%s: %s; retrying from byte %d in %.0f s", redact(url), error, now, wait)
+        time.sleep(wait)
+
+
+def _transfer(url: str, part: Path, offset: int, progress: bool, timeout_s: float) -> None:
+    """One request; appends to ``part`` when the server honours Range, else starts over."""
+    try:
+        response = urllib.request.urlopen(_request(url, offset), timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416 or not offset:
+            raise
+        # Range not satisfiable: the part is complete when its size is the remote size.
+        total = (exc.headers.get("Content-Range") or "").rpartition("/")[2]
+        if total.isdigit() and int(total) == offset:
+            return
+        part.unlink()
+        raise _Interrupted(f"local part ({offset} bytes) does not fit the remote file") from exc
+    with response:
+        length = response.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        start = offset if response.status == 206 else 0
+        if response.status == 206:
+            first = (response.headers.get("Content-Range") or "").removeprefix("bytes ")
+            if not first.split("-")[0].isdigit() or int(first.split("-")[0]) != offset:
+                part.unlink()
+                raise _Interrupted(f"server answered range {first!r} for bytes={offset}-")
+        elif offset:
+            log.info("%s ignores HTTP Range; restarting from byte 0", redact(url))
+        total = start + length if length is not None else None
+        received = start
+        with (
+            open(part, "ab" if start else "wb") as out,
+            tqdm(
+                total=total,
+                initial=start,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name.removesuffix(".part"),
+                file=sys.stderr,
+                disable=not (progress and sys.stderr.isatty()),
+            ) as bar,
+        ):
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received < total:
+        raise _Interrupted(f"connection closed after {received} of {total} bytes")
+
+
+def fetch_dataset(
+    dataset: str, data_root: Path, *, mirror: str | None = None, progress: bool = True
+) -> Path:
+    """Download, verify and install every file of ``dataset``; return the ready marker.
+
+    ``mirror`` replaces each URL by ``<mirror>/<dataset>/<name>`` (an internal mirror, or a
+    local test server). Reruns skip verified downloads and already installed archives.
+    """
+    source = get_source(dataset)
+    if source.manual is not None:
+        raise ValueError(f"{dataset} cannot be fetched automatically; use check_manual()")
+    data_root = Path(data_root)
+    archives = data_root / "archives" / dataset
+    fetched = [
+        (f, download(_url(f, dataset, mirror), archives / f.name, md5=f.md5, progress=progress))
+        for f in source.files
+    ]
+    return _install_all(source, fetched, data_root, origin="download")
+
+
+def _url(remote: RemoteFile, dataset: str, mirror: str | None) -> str:
+    if mirror is None:
+        return remote.url
+    return f"{mirror.rstrip('/')}/{dataset}/{quote(remote.name)}"
+
+
+def check_manual(dataset: str, data_root: Path) -> Path:
+    """Install a source placed by hand, or explain exactly what to place where.
+
+    Accepts either all expected archives in ``<data_root>/archives/<dataset>/`` (md5-checked
+    where published, then extracted) or an already extracted layout in ``<data_root>/<dataset>/``.
+    """
+    source = get_source(dataset)
+    if source.manual is None:
+        raise ValueError(f"{dataset} is downloaded automatically; use fetch_dataset()")
+    data_root = Path(data_root)
+    archives = data_root / "archives" / dataset
+    target = data_root / dataset
+    manual = source.manual
+    missing = [f for f in manual.files if not (archives / f.name).is_file()]
+    if not missing:
+        placed = []
+        for f in manual.files:
+            verify_md5(archives / f.name, f.md5)
+            placed.append((f, archives / f.name))
+        return _install_all(source, placed, data_root, origin="archives placed by hand")
+    if all((target / entry).exists() for entry in manual.layout):
+        log.info("%s: accepting the extracted layout in %s", dataset, target)
+        return write_ready_marker(
+            target, dataset, origin="extracted by hand", files=list(manual.layout), md5={}
+        )
+    raise ManualDownloadRequired(archives, _manual_message(source, archives, target, missing))
+
+
+def _manual_message(source: Source, archives: Path, target: Path, missing: list[RemoteFile]) -> str:
+    """What the user must download, from where, and into which folder."""
+    manual = source.manual
+    if manual is None:
+        raise ValueError(f"{source.name} has no manual instructions")
+    lines = [
+        f"{source.title} must be downloaded by hand. {manual.how}",
+        f"Source: {manual.url}",
+        f"Put these files into {archives}/ :",
+    ]
+    for f in manual.files:
+        state = "missing" if f in missing else "present"
+        md5 = f", md5 {f.md5}" if f.md5 else ""
+        lines.append(f"  {f.name} ({state}{md5})")
+    s3 = [f for f in missing if f.url.startswith("s3://")]
+    if s3:
+        lines.append("With the AWS CLI:")
+        lines += [f"  aws s3 cp {f.url} {archives}/{f.name}" for f in s3]
+    lines.append(
+        f"or extract them yourself so that {target}/ contains: {', '.join(manual.layout)}."
+    )
+    return "\n".join(lines)
+
+
+def prepare(
+    dataset: str, data_root: Path, *, mirror: str | None = None, progress: bool = True
+) -> Path:
+    """Make ``<data_root>/<dataset>/`` complete and return its ready marker.
+
+    Automatic sources are downloaded; manual ones are checked, after fetching them from
+    ``mirror`` when one is given (an internal mirror may hold gated archives too).
+    """
+    source = get_source(dataset)
+    if source.manual is None:
+        return fetch_dataset(dataset, data_root, mirror=mirror, progress=progress)
+    if mirror is not None:
+        archives = Path(data_root) / "archives" / dataset
+        for f in source.manual.files:
+            download(_url(f, dataset, mirror), archives / f.name, md5=f.md5, progress=progress)
+    return check_manual(dataset, data_root)
+
+
+def _install_all(
+    source: Source, files: list[tuple[RemoteFile, Path]], data_root: Path, *, origin: str
+) -> Path:
+    target = data_root / source.name
+    md5s = {f.name: _install(f, path, target) for f, path in files}
+    return write_ready_marker(
+        target, source.name, origin=origin, files=[f.name for f, _ in files], md5=md5s
+    )
+
+
+def _install(remote: RemoteFile, path: Path, target: Path) -> str:
+    """Extract or copy one verified file into ``target`` unless a previous run already did;
+    return its md5. The per-file record is written only after the content is in place."""
+    md5 = file_md5(path)
+    record = target / INSTALLED_DIR / f"{remote.name}.json"
+    try:
+        if json.loads(record.read_text()).get("md5") == md5:
+            return md5
+    except (OSError, ValueError, AttributeError):
+        pass
+    where = target / remote.subdir if remote.subdir else target
+    if remote.extract:
+        log.info("extracting %s into %s", path.name, where)
+        safe_extract(path, where)
+    else:
+        where.mkdir(parents=True, exist_ok=True)
+        tmp = where / f".{remote.name}.copying"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, where / remote.name)
+    _write_json(record, {"file": remote.name, "md5": md5, "installed": time.time()})
+    return md5
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)

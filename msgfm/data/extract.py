@@ -1,0 +1,248 @@
+"""Extract downloaded dataset archives without trusting them.
+
+Archives come from the network or from a user's drive, so a member may try to write outside the
+target folder (absolute paths, ``..``, links that point elsewhere) or create device nodes. Every
+member is validated before the first byte is written, the archive is then unpacked into a
+temporary folder next to the destination, and only a complete extraction is moved into place: a
+killed job leaves a hidden ``.extracting-`` folder that the next run deletes, never a half-filled
+dataset that looks finished.
+
+Tar archives are read as streams and their member list is dropped as it is walked: BigEarthNet-S2
+holds about eight million members, and keeping every ``TarInfo`` would cost gigabytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+
+from msgfm.errors import DataError, UnsafeArchiveError
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+ZIP_SUFFIXES = (".zip",)
+# Symlink chains longer than this are treated as loops (Linux gives up after 40 as well).
+_MAX_LINK_DEPTH = 40
+
+
+def is_archive(name: str) -> bool:
+    """Whether ``name`` has a suffix that :func:`safe_extract` knows how to unpack."""
+    return name.lower().endswith(TAR_SUFFIXES + ZIP_SUFFIXES)
+
+
+def safe_extract(archive: Path, dest: Path) -> list[Path]:
+    """Validate every member of ``archive``, then extract it into ``dest`` (merging folders).
+
+    Returns the top-level paths inside ``dest`` that the archive created or merged into (not
+    every file: a dataset archive can hold millions). Raises UnsafeArchiveError naming the
+    archive and the member when any member is unsafe; nothing is written in that case.
+    """
+    archive, dest = Path(archive), Path(dest)
+    name = archive.name.lower()
+    if name.endswith(ZIP_SUFFIXES):
+        with zipfile.ZipFile(archive) as zf:
+            links = _validate_zip(archive, zf)
+            return _extract_then_move(archive, dest, lambda tmp: _unpack_zip(zf, links, tmp))
+    if name.endswith(TAR_SUFFIXES):
+        _validate_tar(archive)
+        return _extract_then_move(archive, dest, lambda tmp: _unpack_tar(archive, tmp))
+    raise DataError(
+        archive,
+        f"not an archive this package can extract (expected one of "
+        f"{', '.join(TAR_SUFFIXES + ZIP_SUFFIXES)})",
+    )
+
+
+def _member_parts(archive: Path, member: str) -> tuple[str, ...]:
+    """Split a member name into path components, refusing anything that is not a plain relative
+    path (backslashes count as separators so that Windows-made names cannot smuggle ``..``)."""
+    text = member.replace("\\", "/")
+    posix = PurePosixPath(text)
+    if posix.is_absolute() or (len(text) > 1 and text[1] == ":"):
+        raise UnsafeArchiveError(archive, f"member {member!r} has an absolute path")
+    parts = tuple(p for p in posix.parts if p not in ("", "."))
+    if ".." in parts:
+        raise UnsafeArchiveError(archive, f"member {member!r} contains a '..' component")
+    return parts
+
+
+def _resolve(
+    parts: tuple[str, ...], links: dict[tuple[str, ...], str], depth: int = 0
+) -> tuple[str, ...] | None:
+    """Resolve ``parts`` relative to the extraction root, following the archive's own symlinks.
+
+    Returns the resolved components, or None when the path climbs above the root. Checking link
+    targets one by one is not enough: ``a/b -> ..`` and ``c -> a/b/..`` both look harmless on
+    their own, yet ``c`` lands outside once ``a/b`` is followed.
+    """
+    if depth > _MAX_LINK_DEPTH:
+        return None
+    resolved: list[str] = []
+    for part in parts:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return None
+            resolved.pop()
+            continue
+        resolved.append(part)
+        target = links.get(tuple(resolved))
+        if target is None:
+            continue
+        if target.startswith("/"):
+            return None
+        followed = _resolve((*resolved[:-1], *target.split("/")), links, depth + 1)
+        if followed is None:
+            return None
+        resolved = list(followed)
+    return tuple(resolved)
+
+
+def _check_links(
+    archive: Path,
+    symlinks: list[tuple[str, tuple[str, ...], str]],
+    hardlinks: list[tuple[str, str]],
+    links: dict[tuple[str, ...], str],
+) -> None:
+    """Refuse symlinks (target relative to the link's folder) and hardlinks (target relative to
+    the archive root) that resolve outside the extraction root."""
+    for member, parts, target in symlinks:
+        if target.startswith("/") or _resolve((*parts[:-1], *target.split("/")), links) is None:
+            raise UnsafeArchiveError(
+                archive, f"symlink member {member!r} -> {target!r} points outside the target"
+            )
+    for member, target in hardlinks:
+        try:
+            target_parts = _member_parts(archive, target)
+        except UnsafeArchiveError:
+            target_parts = None
+        if not target_parts or _resolve(target_parts, links) is None:
+            raise UnsafeArchiveError(
+                archive, f"hardlink member {member!r} -> {target!r} points outside the target"
+            )
+
+
+def _iter_tar(archive: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Yield the members of a (possibly compressed) tar in order, forgetting each one after use
+    so memory stays flat however many members the archive has."""
+    try:
+        with tarfile.open(archive, mode="r|*") as tf:
+            while (member := tf.next()) is not None:
+                yield tf, member
+                tf.members.clear()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(archive, f"cannot read tar archive ({exc})") from exc
+
+
+def _validate_tar(archive: Path) -> None:
+    symlinks, hardlinks, links = [], [], {}
+    for _, member in _iter_tar(archive):
+        parts = _member_parts(archive, member.name)
+        if member.issym():
+            symlinks.append((member.name, parts, member.linkname))
+            links[parts] = member.linkname
+        elif member.islnk():
+            hardlinks.append((member.name, member.linkname))
+        elif not (member.isreg() or member.isdir()):
+            raise UnsafeArchiveError(
+                archive, f"member {member.name!r} is a device, fifo or other special file"
+            )
+    _check_links(archive, symlinks, hardlinks, links)
+
+
+def _unpack_tar(archive: Path, tmp: Path) -> None:
+    # The "data" filter (Python >= 3.11.4) re-checks every path against the real file system and
+    # drops ownership and special mode bits; our own validation above already gave explicit errors.
+    has_filter = hasattr(tarfile, "data_filter")
+    for tf, member in _iter_tar(archive):
+        if has_filter:
+            tf.extract(member, tmp, filter="data")
+        else:
+            member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+            member.mode &= 0o755
+            tf.extract(member, tmp)
+
+
+def _zip_mode(info: zipfile.ZipInfo) -> int:
+    """The unix file mode a zip entry carries in its external attributes (0 when made on
+    Windows or by a tool that does not record it)."""
+    return (info.external_attr >> 16) & 0xFFFF
+
+
+def _validate_zip(archive: Path, zf: zipfile.ZipFile) -> dict[zipfile.ZipInfo, str]:
+    """Check every entry; return the symlink entries with their targets."""
+    symlinks, link_map, targets = [], {}, {}
+    for info in zf.infolist():
+        parts = _member_parts(archive, info.filename)
+        mode = _zip_mode(info)
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFLNK:
+            target = zf.read(info).decode("utf-8", errors="replace")
+            symlinks.append((info.filename, parts, target))
+            link_map[parts] = target
+            targets[info] = target
+        elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise UnsafeArchiveError(
+                archive, f"member {info.filename!r} is a device, fifo or other special file"
+            )
+    _check_links(archive, symlinks, [], link_map)
+    return targets
+
+
+def _unpack_zip(zf: zipfile.ZipFile, links: dict[zipfile.ZipInfo, str], tmp: Path) -> None:
+    # zipfile.extract would write a symlink entry as a small text file holding its target; we
+    # create real symlinks (already validated) and copy everything else ourselves.
+    for info in zf.infolist():
+        parts = tuple(p for p in PurePosixPath(info.filename.replace("\\", "/")).parts if p != ".")
+        if not parts:
+            continue
+        target = tmp.joinpath(*parts)
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if info in links:
+            os.symlink(links[info], target)
+            continue
+        with zf.open(info) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out, length=1 << 20)
+        mode = _zip_mode(info) & 0o755
+        if mode:
+            os.chmod(target, mode)
+
+
+def _extract_then_move(archive: Path, dest: Path, unpack: Callable[[Path], None]) -> list[Path]:
+    """Run ``unpack`` into a temporary folder beside ``dest`` and move the result into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.extracting-{archive.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a killed run: never trusted
+    tmp.mkdir()
+    try:
+        unpack(tmp)
+        dest.mkdir(parents=True, exist_ok=True)
+        placed = []
+        for entry in sorted(tmp.iterdir()):
+            _move_into(entry, dest / entry.name)
+            placed.append(dest / entry.name)
+        return placed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, merging folders that exist on both sides (several archives of a
+    dataset may share a top folder, and a rerun replaces what a killed run left)."""
+    if src.is_dir() and not src.is_symlink() and dst.is_dir() and not dst.is_symlink():
+        for child in src.iterdir():
+            _move_into(child, dst / child.name)
+        src.rmdir()
+        return
+    if dst.is_dir() and not dst.is_symlink():
+        raise DataError(dst, f"is a folder but the archive holds a file of that name ({src.name})")
+    os.replace(src, dst)

@@ -1,0 +1,192 @@
+"""safe_extract on good archives and on crafted malicious ones (each must be refused whole)."""
+
+from __future__ import annotations
+
+import io
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from msgfm.data.extract import safe_extract
+from msgfm.errors import DataError, UnsafeArchiveError
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info, None
+
+
+def _tar(path: Path, members: list, mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
+    """Members are (name, content, unix mode); symlinks carry their target as content."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data, mode in members:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return path
+
+
+def test_tar_gz_extracts_and_merges_into_existing_folder(tmp_path: Path) -> None:
+    first = _tar(
+        tmp_path / "a.tar.gz",
+        [
+            _special("ROIs1158_spring", tarfile.DIRTYPE),
+            _file("ROIs1158_spring/s1_1/p1.tif", b"one"),
+            _file("ROIs1158_spring/s1_1/p2.tif", b"two"),
+        ],
+    )
+    second = _tar(tmp_path / "b.tgz", [_file("ROIs1158_spring/s2_1/p1.tif", b"three")])
+    dest = tmp_path / "data" / "sen12ms"
+
+    placed = safe_extract(first, dest)
+    safe_extract(second, dest)
+
+    assert placed == [dest / "ROIs1158_spring"]
+    assert (dest / "ROIs1158_spring/s1_1/p1.tif").read_bytes() == b"one"
+    assert (dest / "ROIs1158_spring/s1_1/p2.tif").read_bytes() == b"two"
+    assert (dest / "ROIs1158_spring/s2_1/p1.tif").read_bytes() == b"three"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["sen12ms"]
+
+
+def test_plain_tar_with_internal_links_is_accepted(tmp_path: Path) -> None:
+    archive = _tar(
+        tmp_path / "links.tar",
+        [
+            _file("d/real.txt", b"payload"),
+            _special("d/alias.txt", tarfile.SYMTYPE, "real.txt"),
+            _special("top_alias", tarfile.SYMTYPE, "d/../d"),
+            _special("d/hard.txt", tarfile.LNKTYPE, "d/real.txt"),
+        ],
+        mode="w",
+    )
+    dest = tmp_path / "out"
+    safe_extract(archive, dest)
+    assert (dest / "d/alias.txt").is_symlink()
+    assert (dest / "d/alias.txt").read_bytes() == b"payload"
+    assert (dest / "top_alias/real.txt").read_bytes() == b"payload"
+    assert (dest / "d/hard.txt").read_bytes() == b"payload"
+
+
+def test_zip_extracts_files_dirs_and_internal_symlink(tmp_path: Path) -> None:
+    archive = _zip(
+        tmp_path / "mdas.zip",
+        [
+            ("Augsburg/", b"", stat.S_IFDIR | 0o755),
+            ("Augsburg/sub_area_1/rgb.tif", b"rgb", stat.S_IFREG | 0o644),
+            ("Augsburg/readme.txt", b"hello", 0),
+            ("Augsburg/latest", b"sub_area_1", stat.S_IFLNK | 0o777),
+        ],
+    )
+    dest = tmp_path / "mdas"
+    assert safe_extract(archive, dest) == [dest / "Augsburg"]
+    assert (dest / "Augsburg/sub_area_1/rgb.tif").read_bytes() == b"rgb"
+    assert (dest / "Augsburg/readme.txt").read_bytes() == b"hello"
+    assert (dest / "Augsburg/latest").is_symlink()
+    assert (dest / "Augsburg/latest/rgb.tif").read_bytes() == b"rgb"
+
+
+BAD_TARS = {
+    "absolute path": [_file("/etc/evil.txt")],
+    "dotdot": [_file("ok.txt"), _file("../evil.txt")],
+    "dotdot inside": [_file("a/../../evil.txt")],
+    "symlink absolute": [_special("link", tarfile.SYMTYPE, "/etc/passwd")],
+    "symlink outside": [_special("a/link", tarfile.SYMTYPE, "../../outside")],
+    # each link looks harmless alone; following a/b first makes c escape
+    "symlink chain": [
+        _special("a/b", tarfile.SYMTYPE, ".."),
+        _special("c", tarfile.SYMTYPE, "a/b/.."),
+    ],
+    "hardlink outside": [_special("hard", tarfile.LNKTYPE, "../outside.txt")],
+    "hardlink absolute": [_special("hard", tarfile.LNKTYPE, "/etc/passwd")],
+    "char device": [_file("ok.txt"), _special("dev/tty", tarfile.CHRTYPE)],
+    "block device": [_special("sda", tarfile.BLKTYPE)],
+    "fifo": [_special("pipe", tarfile.FIFOTYPE)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TARS))
+def test_malicious_tar_is_refused_before_writing(tmp_path: Path, case: str) -> None:
+    member_name = BAD_TARS[case][-1][0].name
+    archive = _tar(tmp_path / "bad.tar.gz", [_file("first_good.txt"), *BAD_TARS[case]])
+    dest = tmp_path / "dataset"
+    with pytest.raises(UnsafeArchiveError) as err:
+        safe_extract(archive, dest)
+    assert "bad.tar.gz" in str(err.value)
+    assert member_name in str(err.value)
+    assert not dest.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tar.gz"]
+
+
+BAD_ZIPS = {
+    "absolute path": [("/abs.txt", b"x", 0)],
+    "dotdot": [("good.txt", b"x", 0), ("../evil.txt", b"x", 0)],
+    "backslash dotdot": [("..\\..\\evil.txt", b"x", 0)],
+    "symlink outside": [("link", b"../../etc/passwd", stat.S_IFLNK | 0o777)],
+    "symlink absolute": [("link", b"/etc/passwd", stat.S_IFLNK | 0o777)],
+    "fifo": [("pipe", b"", stat.S_IFIFO | 0o644)],
+    "char device": [("tty", b"", stat.S_IFCHR | 0o644)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ZIPS))
+def test_malicious_zip_is_refused_before_writing(tmp_path: Path, case: str) -> None:
+    member_name = BAD_ZIPS[case][-1][0]
+    archive = _zip(tmp_path / "bad.zip", [("first_good.txt", b"ok", 0), *BAD_ZIPS[case]])
+    dest = tmp_path / "dataset"
+    with pytest.raises(UnsafeArchiveError) as err:
+        safe_extract(archive, dest)
+    assert "bad.zip" in str(err.value)
+    assert repr(member_name) in str(err.value)
+    assert not dest.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip"]
+
+
+def test_refusal_leaves_existing_content_untouched(tmp_path: Path) -> None:
+    dest = tmp_path / "dataset"
+    (dest / "top").mkdir(parents=True)
+    (dest / "top/keep.tif").write_bytes(b"keep")
+    archive = _tar(tmp_path / "evil.tar", [_file("top/keep.tif", b"new"), _file("../x")], "w")
+    with pytest.raises(UnsafeArchiveError):
+        safe_extract(archive, dest)
+    assert (dest / "top/keep.tif").read_bytes() == b"keep"
+    assert not (tmp_path / "x").exists()
+
+
+def test_stale_temporary_folder_from_a_killed_run_is_replaced(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar.gz", [_file("new.txt", b"new")])
+    stale = tmp_path / ".out.extracting-a.tar.gz"
+    stale.mkdir()
+    (stale / "half_written.txt").write_bytes(b"junk")
+    safe_extract(archive, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new.txt"]
+    assert not stale.exists()
+
+
+def test_unknown_suffix_and_corrupt_tar_raise_data_errors(tmp_path: Path) -> None:
+    rar = tmp_path / "data.rar"
+    rar.write_bytes(b"Rar!")
+    with pytest.raises(DataError, match="not an archive"):
+        safe_extract(rar, tmp_path / "out")
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(DataError, match="cannot read tar archive"):
+        safe_extract(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
