@@ -1,0 +1,152 @@
+"""Tile the four downstream datasets (paper Table 2-3, SPEC §5) into shard sets.
+
+- ``bigearthnet``: s2 uint16 (13, 120, 120) with B10 flagged invalid in meta.json, sar
+  float32 (2, 120, 120) (NaN → 0 dB, counted), target uint8 (19,) multi-hot; index columns
+  split and labels (the 43-class names, for audits).
+- ``sen12ms_cr``: sar, s2_cloudy and s2 (the cloud-free target) at 256², split.
+- ``spacenet2``: mul resized to a fixed ``mul_size``² (162: the MUL images vary by a pixel
+  or two, and a batch needs one shape), pan and pansharpened at ``pan_size``² (650), split.
+- ``vaihingen``: ``crop``² windows (512) with ``stride`` (256) of rgb (IRRG), dsm and label,
+  with the last window of a row/column aligned to the area's edge so every pixel is
+  covered; the index records area, y, x and the area's height/width, so test predictions
+  can be stitched back into whole areas.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
+from msgfm.data.sensors import SENSORS
+from msgfm.data.shards import ShardWriter
+from msgfm.data.tiling.geometry import pad_to, resize, windows
+from msgfm.data.tiling.report import TilingReport
+
+# task -> (reader module, reader class, roles written)
+_TASKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "bigearthnet": ("msgfm.data.readers.bigearthnet", "BigEarthNet", ("s2", "sar", "target")),
+    "sen12ms_cr": ("msgfm.data.readers.sen12ms_cr", "SEN12MSCR", ("sar", "s2_cloudy", "s2")),
+    "spacenet2": ("msgfm.data.readers.spacenet2", "SpaceNet2", ("mul", "pan", "pansharpened")),
+    "vaihingen": ("msgfm.data.readers.vaihingen", "Vaihingen", ("rgb", "dsm", "label")),
+}
+_DEFAULTS: dict[str, dict[str, int]] = {
+    "bigearthnet": {},
+    "sen12ms_cr": {},
+    "spacenet2": {"mul_size": 162, "pan_size": 650},
+    "vaihingen": {"crop": 512, "stride": 256},
+}
+# Padding where a Vaihingen area is smaller than a crop: black image, flat DSM, ignored label.
+_PAD_VALUES = {"rgb": 0, "dsm": 0.0, "label": 255}
+
+Rows = Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]
+
+
+def bigearthnet_rows(sample: Sample, ref: SampleRef, report: TilingReport, **_: int) -> Rows:
+    report.repair_nonfinite(sample.arrays["sar"], ref.files["sar"])
+    arrays = {
+        "s2": sample.arrays["s2"],
+        "sar": sample.arrays["sar"],
+        "target": np.asarray(sample.meta["target"], dtype=np.uint8),
+    }
+    yield sample.sample_id, arrays, {"labels": list(sample.meta["labels"])}
+
+
+def sen12ms_cr_rows(sample: Sample, ref: SampleRef, report: TilingReport, **_: int) -> Rows:
+    report.repair_nonfinite(sample.arrays["sar"], ref.files["sar"])
+    yield sample.sample_id, {r: sample.arrays[r] for r in ("sar", "s2_cloudy", "s2")}, {}
+
+
+def spacenet2_rows(sample: Sample, *_: Any, mul_size: int, pan_size: int) -> Rows:
+    arrays = {
+        "mul": resize(sample.arrays["mul"], (mul_size, mul_size)),
+        "pan": resize(sample.arrays["pan"], (pan_size, pan_size)),
+        "pansharpened": resize(sample.arrays["pansharpened"], (pan_size, pan_size)),
+    }
+    yield sample.sample_id, arrays, {"aoi": sample.meta.get("aoi")}
+
+
+def vaihingen_rows(sample: Sample, *_: Any, crop: int, stride: int) -> Rows:
+    height, width = sample.arrays["rgb"].shape[-2:]
+    padded = {role: pad_to(a, crop, _PAD_VALUES[role]) for role, a in sample.arrays.items()}
+    area = sample.meta["area"]
+    for y, x in windows(height, width, crop, stride, cover_border=True):
+        arrays = {role: a[:, y : y + crop, x : x + crop] for role, a in padded.items()}
+        columns = {"area": area, "y": y, "x": x, "area_height": height, "area_width": width}
+        yield f"area{area}_y{y}_x{x}", arrays, columns
+
+
+_ROWS: dict[str, Callable[..., Rows]] = {
+    "bigearthnet": bigearthnet_rows,
+    "sen12ms_cr": sen12ms_cr_rows,
+    "spacenet2": spacenet2_rows,
+    "vaihingen": vaihingen_rows,
+}
+
+
+def open_reader(task: str, data_root: Path) -> DatasetReader:
+    """The reader of a downstream task over ``<data_root>/<task>`` (all splits)."""
+    if task not in _TASKS:
+        raise ValueError(f"unknown downstream task {task!r}; expected one of {sorted(_TASKS)}")
+    module, name, _ = _TASKS[task]
+    return getattr(importlib.import_module(module), name)(Path(data_root) / task)
+
+
+def _band_names(task: str, sample: Sample) -> dict[str, list[str]]:
+    """Band names per role for meta.json; the datasets' own names where not a sensor's."""
+    names: dict[str, list[str]] = {}
+    for role in _TASKS[task][2]:
+        sensor = "s2" if role == "s2_cloudy" else role
+        if role in ("mul", "pansharpened") or (role == "rgb" and "bands" in sample.meta):
+            names[role] = list(sample.meta["bands"])
+        elif role == "pan":
+            names[role] = ["PAN"]
+        elif sensor in SENSORS:
+            names[role] = list(SENSORS[sensor].bands)
+    return names
+
+
+def tile_downstream(task: str, data_root: Path, out_dir: Path, **opts: int) -> dict[str, Any]:
+    """Write a downstream dataset (all splits) to a shard set; return the tiling report.
+
+    ``opts``: ``rows_per_shard`` (1024), and per task ``mul_size``/``pan_size`` (spacenet2)
+    or ``crop``/``stride`` (vaihingen).
+    """
+    reader = open_reader(task, data_root)
+    rows_per_shard = int(opts.pop("rows_per_shard", 1024))
+    unknown = set(opts) - set(_DEFAULTS[task])
+    if unknown:
+        raise TypeError(f"{task}: unknown option(s) {sorted(unknown)}; known {_DEFAULTS[task]}")
+    settings = {**_DEFAULTS[task], **opts}
+    report = TilingReport(task, data_root, out_dir)
+    writer: ShardWriter | None = None
+    try:
+        for ref, sample in report.read_all(reader):
+            if writer is None:
+                bands = _band_names(task, sample)
+                writer = ShardWriter(out_dir, rows_per_shard, bands=bands)
+            origin = report.origin(ref)
+            for sample_id, arrays, columns in _ROWS[task](sample, ref, report, **settings):
+                writer.add(
+                    sample_id,
+                    arrays,
+                    valid_bands={r: v for r, v in sample.valid_bands.items() if r in arrays},
+                    split=ref.split,
+                    source=task,
+                    origin=origin,
+                    **columns,
+                )
+                report.samples += 1
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is None:
+        writer = ShardWriter(out_dir, rows_per_shard)  # clears stale output, then refuses
+    summary = report.as_dict()
+    writer.close(summary, task=task, **settings)
+    return summary
