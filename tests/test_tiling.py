@@ -21,10 +21,9 @@ from msgfm.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_demo(root, seed=3)
-    return root
+def data_root(demo_root):
+    """The session's shared demo datasets (tests/conftest.py); tilers only read them."""
+    return demo_root
 
 
 def test_sen12ms_centre_crops_pairs_and_repairs_nans(data_root, tmp_path):
