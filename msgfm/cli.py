@@ -49,13 +49,11 @@ def _tile_pretrain(args: argparse.Namespace) -> object:
 def _tile_downstream(args: argparse.Namespace) -> object:
     from msgfm.data.tiling.downstream import tile_downstream
 
+    # Options a task does not have are rejected by the tiler, so only pass those given.
+    options = {"crop": args.crop, "stride": args.stride}
+    given = {name: value for name, value in options.items() if value is not None}
     return tile_downstream(
-        args.task,
-        args.data_root,
-        args.out,
-        crop=args.crop,
-        stride=args.stride,
-        rows_per_shard=args.rows_per_shard,
+        args.task, args.data_root, args.out, rows_per_shard=args.rows_per_shard, **given
     )
 
 
@@ -92,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("task")
     down.add_argument("--data-root", type=Path, required=True)
     down.add_argument("--out", type=Path, required=True)
-    down.add_argument("--crop", type=int, default=512, help="Vaihingen crop size")
-    down.add_argument("--stride", type=int, default=256, help="Vaihingen crop stride")
+    down.add_argument("--crop", type=int, default=None, help="Vaihingen crop size (512)")
+    down.add_argument("--stride", type=int, default=None, help="Vaihingen crop stride (256)")
     down.add_argument("--rows-per-shard", type=int, default=1024)
     return parser
 

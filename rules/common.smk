@@ -22,6 +22,16 @@ def ready_marker(dataset):
     return DATA / dataset / ".msgfm-ready.json"
 
 
+def downstream_options(wildcards):
+    """Command-line options of a downstream tiler that only some tasks have."""
+    tiling = config["tiling"]
+    if wildcards.task == "vaihingen":
+        return (
+            f"--crop {tiling['vaihingen_crop']} --stride {tiling['vaihingen_stride']}"
+        )
+    return ""
+
+
 def all_targets():
     """Everything the workflow builds so far: the pretraining and downstream shard sets."""
     return [SHARDS / "pretrain" / source for source in PRETRAIN_SOURCES] + [

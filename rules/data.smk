@@ -84,7 +84,7 @@ rule tile_downstream:
     params:
         data_root=DATA,
         tiling=config["tiling"],
+        options=downstream_options,
     shell:
         "python -m msgfm tile-downstream {wildcards.task} --data-root {params.data_root} --out {output}"
-        " --crop {params.tiling[vaihingen_crop]} --stride {params.tiling[vaihingen_stride]}"
-        " --rows-per-shard {params.tiling[rows_per_shard]} > {log} 2>&1"
+        " {params.options} --rows-per-shard {params.tiling[rows_per_shard]} > {log} 2>&1"

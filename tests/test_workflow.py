@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# Jobs call `python -m msgfm`: run them with this interpreter, as an activated venv would.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [*SNAKEMAKE, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900
+    )
 
 
 def test_invalid_config_fails_before_any_job_and_names_the_key(tmp_path: Path) -> None:

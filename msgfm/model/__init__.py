@@ -1,0 +1,1 @@
+"""Model components of msGFM: the MoE MLP, the Swin encoder, decoders and heads."""

@@ -1,0 +1,149 @@
+"""tutel's top-k gate in plain PyTorch: logits, noise, capacity, slots and auxiliary losses.
+
+This reproduces the routing of ``tutel.moe.moe_layer`` as the Swin-MoE code configures it
+(SPEC §2.1), so that a model trained with the native layer and one trained with tutel route the
+same tokens to the same experts given the same weights and the same noise. Every step is
+vectorised over tokens; the only Python loop runs over the k routing choices (k is 1 or 2).
+
+The routing works on the N tokens it is given (the local batch). With several processes each one
+routes its own tokens, so capacity and priority are per process, exactly as in tutel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AUX_LOSSES = ("swin", "gshard")
+
+
+class TopKGate(nn.Module):
+    """The linear router: ``logits = x · Wgᵀ`` in fp32, whatever autocast says.
+
+    The parameter is ``wg.weight`` (E × D, no bias) so that a checkpoint written by tutel
+    (``gates.0.wg.weight``) loads as is.
+    """
+
+    def __init__(self, dim: int, num_experts: int) -> None:
+        super().__init__()
+        self.wg = nn.Linear(dim, num_experts, bias=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Return fp32 logits (N, E) for tokens (N, D); autocast is off so routing is exact."""
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            return F.linear(tokens.float(), self.wg.weight.float())
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where each token goes: one column per routing choice (k columns)."""
+
+    experts: Tensor  # (N, k) int64: the expert of each choice
+    slots: Tensor  # (N, k) int64: position in that expert's buffer; >= capacity means dropped
+    gates: Tensor  # (N, k) fp32, differentiable: the weight of the expert's output
+    capacity: int  # slots per expert
+    aux_loss: Tensor  # fp32 scalar, differentiable
+
+
+def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """tutel's capacity C = k·⌊cf·⌈N/E⌉⌋ for cf > 0 (cf <= 0 is handled in route())."""
+    tokens_per_expert = -(-num_tokens // num_experts)
+    return top_k * int(capacity_factor * tokens_per_expert)
+
+
+def cv_squared(values: Tensor) -> Tensor:
+    """Squared coefficient of variation with unbiased variance, as tutel's losses compute it."""
+    values = values.float()
+    return values.var() / (values.mean() ** 2 + 1e-10)
+
+
+def swin_aux_loss(
+    clean_logits: Tensor, noisy_logits: Tensor, topk_experts: Tensor, gate_noise: float
+) -> Tensor:
+    """Importance + load balancing loss (tutel ``load_importance_loss``, Swin-MoE's choice).
+
+    Load compares each token's clean probabilities with its k-th largest *noisy logit* through
+    the normal CDF with scale gate_noise/E. Mixing a probability with a logit looks like a slip,
+    but it is what tutel computes and what Swin-MoE was trained with, so it is kept.
+    """
+    num_experts = clean_logits.size(1)
+    clean_probs = F.softmax(clean_logits, dim=1)
+    importance = clean_probs.sum(0)
+    threshold = noisy_logits.gather(1, topk_experts[:, -1:])
+    load = torch.special.ndtr((clean_probs - threshold) / (gate_noise / num_experts)).sum(0)
+    return (cv_squared(importance) + cv_squared(load)) / 2.0
+
+
+def gshard_aux_loss(noisy_scores: Tensor, top1_experts: Tensor) -> Tensor:
+    """GShard's loss E·Σ_e mean_prob_e·frac_tokens_e, on the noisy scores as tutel does."""
+    num_experts = noisy_scores.size(1)
+    fraction = F.one_hot(top1_experts, num_experts).float().mean(0)
+    return num_experts * (noisy_scores.mean(0) * fraction).sum()
+
+
+def _slots_per_choice(choices: Tensor, num_experts: int, priority_scores: Tensor | None) -> Tensor:
+    """Slot of every (token, choice): how many earlier assignments went to the same expert.
+
+    "Earlier" is token order, or descending priority when batch-prioritised. Choice j's slots
+    start after all assignments of choices < j to that expert (tutel's ``acc_base``), so a
+    token's second choice never takes a slot from anyone's first choice.
+    """
+    order = None
+    if priority_scores is not None:
+        order = torch.argsort(priority_scores, descending=True, stable=True)
+    offset = choices.new_zeros(num_experts)
+    slots = []
+    for column in choices.unbind(1):
+        one_hot = F.one_hot(column, num_experts)
+        if order is None:
+            positions = one_hot.cumsum(0) - 1
+        else:
+            positions = torch.empty_like(one_hot)
+            positions[order] = one_hot[order].cumsum(0) - 1
+        slots.append(positions.gather(1, column[:, None])[:, 0] + offset[column])
+        offset = offset + one_hot.sum(0)
+    return torch.stack(slots, dim=1)
+
+
+def route(
+    logits: Tensor,
+    *,
+    top_k: int,
+    capacity_factor: float,
+    gate_noise: float,
+    training: bool,
+    batch_prioritized: bool,
+    aux_loss: str,
+) -> Routing:
+    """Route N tokens given their clean fp32 logits (N, E), exactly as tutel's top-k gate.
+
+    capacity_factor follows tutel: > 0 gives C = k·⌊cf·⌈N/E⌉⌋; 0 sizes C to the busiest
+    expert (nothing is dropped); < 0 does the same but caps C at k·⌊|cf|·⌈N/E⌉⌋.
+    """
+    num_tokens, num_experts = logits.shape
+    noisy_logits = logits
+    if training and gate_noise > 0:
+        noise = torch.randn_like(logits)
+        noisy_logits = logits + gate_noise * noise / num_experts
+    scores = F.softmax(noisy_logits, dim=1)
+    top_scores, experts = torch.topk(scores, top_k, dim=1)
+    gates = top_scores
+    if top_k > 1:
+        gates = gates / gates.sum(1, keepdim=True).clamp(min=torch.finfo(gates.dtype).eps)
+
+    if aux_loss == "swin":
+        loss = swin_aux_loss(logits, noisy_logits, experts, gate_noise)
+    else:
+        loss = gshard_aux_loss(scores, experts[:, 0])
+
+    priority = top_scores[:, 0].detach() if batch_prioritized else None
+    slots = _slots_per_choice(experts, num_experts, priority)
+
+    capacity = expert_capacity(num_tokens, num_experts, top_k, abs(capacity_factor))
+    if capacity_factor <= 0:
+        busiest = int(slots.max()) + 1
+        capacity = busiest if capacity_factor == 0 else min(busiest, capacity)
+    return Routing(experts=experts, slots=slots, gates=gates, capacity=capacity, aux_loss=loss)

@@ -1,0 +1,347 @@
+"""MoEMlp against hand-worked routing cases and an independent per-token reference (SPEC §2.1)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from msgfm.model.moe import TUTEL_ENV, MoEMlp
+from msgfm.model.moe_gate import expert_capacity
+
+TUTEL_AVAILABLE = importlib.util.find_spec("tutel") is not None
+
+
+def set_gate(layer: MoEMlp, weight: list[list[float]]) -> None:
+    with torch.no_grad():
+        layer.gates[0].wg.weight.copy_(torch.tensor(weight))
+
+
+def expert_mlp(layer: MoEMlp, expert: int, token: torch.Tensor) -> torch.Tensor:
+    """One expert on one token, written from the formula fc2(GELU(fc1·x + b1)) + b2."""
+    params = layer.experts
+    hidden = params.batched_fc1_w[expert] @ token + params.batched_fc1_bias[expert]
+    hidden = torch.nn.functional.gelu(hidden)
+    return hidden @ params.batched_fc2_w[expert] + params.batched_fc2_bias[expert]
+
+
+def reference_forward(layer: MoEMlp, tokens: torch.Tensor, noise: torch.Tensor | None = None):
+    """tutel's routing one token at a time: the slow, obvious version to compare against."""
+    num_tokens, num_experts, k = tokens.size(0), layer.num_experts, layer.top_k
+    with torch.no_grad():
+        logits = tokens.double() @ layer.gates[0].wg.weight.double().T
+        if noise is not None:
+            logits = logits + layer.gate_noise * noise.double() / num_experts
+        scores = torch.softmax(logits, dim=1)
+        capacity = k * math.floor(layer.capacity_factor * math.ceil(num_tokens / num_experts))
+        choices = [
+            torch.argsort(scores[t], descending=True)[:k].tolist() for t in range(num_tokens)
+        ]
+        order = list(range(num_tokens))
+        if layer.batch_prioritized:
+            order.sort(key=lambda t: -float(scores[t].max()))
+        used = [0] * num_experts
+        slot = {}
+        for j in range(k):
+            for t in order:
+                expert = choices[t][j]
+                slot[t, j] = used[expert]
+                used[expert] += 1
+        out = torch.zeros(num_tokens, layer.out_dim, dtype=torch.float64)
+        dropped = 0
+        for t in range(num_tokens):
+            weights = [float(scores[t, e]) for e in choices[t]]
+            if k > 1:
+                weights = [w / sum(weights) for w in weights]
+            for j, expert in enumerate(choices[t]):
+                if slot[t, j] >= capacity:
+                    dropped += 1
+                    continue
+                out[t] += weights[j] * expert_mlp(layer, expert, tokens[t]).double()
+    return out, dropped / (num_tokens * k), capacity
+
+
+def randomised_experts(layer: MoEMlp, seed: int) -> None:
+    """Non-zero biases and larger weights than the init, so every term of the formula counts."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in layer.experts.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+# Four tokens, two experts, cf 1.0 -> C = 2. Tokens 0-2 all prefer expert 0 with rising scores
+# sigmoid(1) < sigmoid(2) < sigmoid(3); token 3 prefers expert 1.
+OVERFLOW_TOKENS = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
+IDENTITY_GATE = [[1.0, 0.0], [0.0, 1.0]]
+
+
+def overflow_layer(batch_prioritized: bool) -> MoEMlp:
+    layer = MoEMlp(
+        2, 4, num_experts=2, capacity_factor=1.0, batch_prioritized=batch_prioritized
+    ).eval()
+    set_gate(layer, IDENTITY_GATE)
+    randomised_experts(layer, seed=1)
+    return layer
+
+
+def test_capacity_formula() -> None:
+    assert expert_capacity(2304, 8, 1, 1.25) == 360  # Swin-B stage 3, batch 16 at 192 px
+    assert expert_capacity(10, 4, 1, 1.25) == 3  # 1 * floor(1.25 * ceil(2.5))
+    assert expert_capacity(10, 4, 2, 1.25) == 6
+    assert expert_capacity(4, 2, 1, 1.0) == 2
+    assert expert_capacity(3, 4, 1, 0.5) == 0
+
+
+@pytest.mark.parametrize(("batch_prioritized", "dropped_token"), [(True, 0), (False, 2)])
+def test_overflow_drops_by_priority(batch_prioritized: bool, dropped_token: int) -> None:
+    """Batch-prioritised: the lowest-scoring token loses its slot; otherwise the latest one."""
+    layer = overflow_layer(batch_prioritized)
+    out = layer(OVERFLOW_TOKENS)
+    assert torch.equal(out[dropped_token], torch.zeros(2))
+    stats = layer.last_stats
+    assert stats["capacity"] == 2
+    assert stats["load"].tolist() == [3, 1]
+    assert stats["kept"].tolist() == [2, 1]
+    assert float(stats["dropped_fraction"]) == pytest.approx(0.25)
+    for token in set(range(4)) - {dropped_token}:
+        expert = 1 if token == 3 else 0
+        gate = 1.0 / (1.0 + math.exp(-float(OVERFLOW_TOKENS[token].abs().sum())))
+        expected = gate * expert_mlp(layer, expert, OVERFLOW_TOKENS[token])
+        torch.testing.assert_close(out[token], expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_zero_capacity_factor_drops_nothing() -> None:
+    layer = overflow_layer(batch_prioritized=True)
+    layer.capacity_factor = 0.0
+    out = layer(OVERFLOW_TOKENS)
+    assert layer.last_stats["capacity"] == 3
+    assert float(layer.last_stats["dropped_fraction"]) == 0.0
+    assert bool((out.abs().sum(1) > 0).all())
+
+
+@pytest.mark.parametrize(
+    ("top_k", "batch_prioritized", "capacity_factor"),
+    [(1, True, 1.25), (1, False, 0.6), (1, True, 0.6), (2, True, 0.8), (2, False, 0.7)],
+)
+def test_matches_per_token_reference(
+    top_k: int, batch_prioritized: bool, capacity_factor: float
+) -> None:
+    """Random weights and tokens, capacities that drop tokens: every output matches."""
+    torch.manual_seed(top_k * 10 + int(batch_prioritized))
+    layer = MoEMlp(
+        6,
+        10,
+        num_experts=4,
+        top_k=top_k,
+        capacity_factor=capacity_factor,
+        batch_prioritized=batch_prioritized,
+    ).eval()
+    with torch.no_grad():
+        layer.gates[0].wg.weight.normal_()
+    randomised_experts(layer, seed=2)
+    tokens = torch.randn(23, 6)
+    expected, dropped, capacity = reference_forward(layer, tokens)
+    out = layer(tokens)
+    assert layer.last_stats["capacity"] == capacity
+    assert float(layer.last_stats["dropped_fraction"]) == pytest.approx(dropped)
+    assert dropped > 0 or capacity_factor >= 1.25
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_noise_is_gate_noise_over_experts() -> None:
+    """In training the routing uses logits + gate_noise·N(0,1)/E, drawn from torch's RNG."""
+    layer = MoEMlp(6, 10, num_experts=4, capacity_factor=0.8, gate_noise=3.0)
+    randomised_experts(layer, seed=3)
+    tokens = torch.randn(17, 6)
+    torch.manual_seed(5)
+    out = layer(tokens)
+    torch.manual_seed(5)
+    noise = torch.randn(17, 4)
+    expected, _, _ = reference_forward(layer, tokens, noise=noise)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_is_deterministic_and_training_is_not() -> None:
+    layer = MoEMlp(8, 16, num_experts=4, gate_noise=1.0)
+    tokens = torch.randn(2, 9, 8)
+    layer.eval()
+    first, first_aux = layer(tokens), layer.aux_loss
+    assert torch.equal(first, layer(tokens))
+    assert torch.equal(first_aux, layer.aux_loss)
+    layer.train()
+    assert not torch.equal(layer(tokens), layer(tokens))
+
+
+def numpy_cv_squared(values: np.ndarray) -> float:
+    return float(values.var(ddof=1) / (values.mean() ** 2 + 1e-10))
+
+
+def numpy_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
+
+
+def swin_loss_numpy(logits: np.ndarray, noisy: np.ndarray, k: int, gate_noise: float) -> float:
+    num_experts = logits.shape[1]
+    probs = numpy_softmax(logits)
+    threshold = np.sort(noisy, axis=1)[:, -k][:, None]
+    load = norm.cdf(probs - threshold, scale=gate_noise / num_experts).sum(0)
+    return (numpy_cv_squared(probs.sum(0)) + numpy_cv_squared(load)) / 2
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_swin_aux_loss_in_training(top_k: int) -> None:
+    layer = MoEMlp(6, 8, num_experts=5, top_k=top_k, gate_noise=2.0)
+    with torch.no_grad():
+        layer.gates[0].wg.weight.normal_()
+    tokens = torch.randn(31, 6)
+    torch.manual_seed(11)
+    layer(tokens)
+    torch.manual_seed(11)
+    noise = torch.randn(31, 5).numpy().astype(np.float64)
+    logits = tokens.double().numpy() @ layer.gates[0].wg.weight.detach().double().numpy().T
+    expected = swin_loss_numpy(logits, logits + 2.0 * noise / 5, top_k, 2.0)
+    assert float(layer.aux_loss.detach()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_swin_aux_loss_in_eval_uses_clean_threshold() -> None:
+    """Hand case: logits (2, 0) and (0, 0), E=2, gate_noise 1 -> thresholds 2 and 0."""
+    layer = MoEMlp(2, 4, num_experts=2, gate_noise=1.0).eval()
+    set_gate(layer, IDENTITY_GATE)
+    layer(torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
+    p = 1 / (1 + math.exp(-2))
+    importance = np.array([p + 0.5, 1 - p + 0.5])
+    load = np.array(
+        [norm.cdf((p - 2) / 0.5) + norm.cdf(0.5 / 0.5), norm.cdf((1 - p - 2) / 0.5) + norm.cdf(1.0)]
+    )
+    expected = (numpy_cv_squared(importance) + numpy_cv_squared(load)) / 2
+    assert float(layer.aux_loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_gshard_aux_loss() -> None:
+    """Hand case: E·Σ mean_prob·fraction with top-1 choices (0, 1, 0)."""
+    layer = MoEMlp(2, 4, num_experts=2, aux_loss="gshard", gate_noise=0.0).eval()
+    set_gate(layer, IDENTITY_GATE)
+    layer(torch.tensor([[1.0, 0.0], [0.0, 3.0], [2.0, 0.0]]))
+    s1, s3, s2 = (1 / (1 + math.exp(-v)) for v in (1.0, 3.0, 2.0))
+    mean_prob = np.array([s1 + (1 - s3) + s2, (1 - s1) + s3 + (1 - s2)]) / 3
+    expected = 2 * float((mean_prob * np.array([2 / 3, 1 / 3])).sum())
+    assert float(layer.aux_loss.detach()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_gshard_aux_loss_uses_noisy_scores_in_training() -> None:
+    layer = MoEMlp(4, 8, num_experts=3, aux_loss="gshard", gate_noise=1.5)
+    with torch.no_grad():
+        layer.gates[0].wg.weight.normal_()
+    tokens = torch.randn(13, 4)
+    torch.manual_seed(2)
+    layer(tokens)
+    torch.manual_seed(2)
+    noise = torch.randn(13, 3).double().numpy()
+    logits = tokens.double().numpy() @ layer.gates[0].wg.weight.detach().double().numpy().T
+    scores = numpy_softmax(logits + 1.5 * noise / 3)
+    fraction = np.bincount(scores.argmax(1), minlength=3) / 13
+    expected = 3 * float((scores.mean(0) * fraction).sum())
+    assert float(layer.aux_loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradients_reach_gate_and_experts() -> None:
+    layer = MoEMlp(8, 16, num_experts=4)
+    out = layer(torch.randn(3, 7, 8))
+    out.square().sum().backward(retain_graph=True)
+    for name, param in layer.named_parameters():
+        assert param.grad is not None and bool(param.grad.abs().sum() > 0), name
+    gate = layer.gates[0].wg.weight
+    gate.grad = None
+    layer.aux_loss.backward()
+    assert bool(gate.grad.abs().sum() > 0)
+
+
+def test_state_dict_uses_tutel_names_and_shapes() -> None:
+    layer = MoEMlp(8, 32, num_experts=4, out_dim=6)
+    shapes = {name: tuple(value.shape) for name, value in layer.state_dict().items()}
+    assert shapes == {
+        "gates.0.wg.weight": (4, 8),
+        "experts.batched_fc1_w": (4, 32, 8),
+        "experts.batched_fc2_w": (4, 32, 6),
+        "experts.batched_fc1_bias": (4, 32),
+        "experts.batched_fc2_bias": (4, 6),
+    }
+    assert int(torch.count_nonzero(layer.experts.batched_fc1_bias)) == 0
+    assert float(layer.experts.batched_fc1_w.detach().std()) == pytest.approx(0.02, rel=0.15)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 8), (10, 8), (2, 3, 3, 8)])
+def test_output_shape_matches_input(shape: tuple[int, ...]) -> None:
+    layer = MoEMlp(8, 16, num_experts=4)
+    assert layer(torch.randn(shape)).shape == shape
+    assert MoEMlp(8, 16, num_experts=4, out_dim=6)(torch.randn(shape)).shape == (*shape[:-1], 6)
+
+
+def test_batch_tokens_are_routed_together() -> None:
+    """(B, N, C) is routed as B·N tokens, so it equals the flattened (B·N, C) call."""
+    layer = MoEMlp(8, 16, num_experts=4, capacity_factor=0.7).eval()
+    tokens = torch.randn(3, 6, 8)
+    torch.testing.assert_close(layer(tokens).reshape(18, 8), layer(tokens.reshape(18, 8)))
+
+
+def test_autocast_keeps_gate_in_fp32() -> None:
+    layer = MoEMlp(8, 16, num_experts=4).eval()
+    tokens = torch.randn(40, 8)
+    reference = layer(tokens)
+    load = layer.last_stats["load"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(tokens)
+    assert out.dtype == torch.float32 and layer.aux_loss.dtype == torch.float32
+    assert torch.equal(layer.last_stats["load"], load)
+    torch.testing.assert_close(out, reference, rtol=0.05, atol=0.02)
+
+
+def test_stats_are_detached() -> None:
+    layer = MoEMlp(8, 16, num_experts=4)
+    layer(torch.randn(12, 8))
+    assert not layer.last_stats["dropped_fraction"].requires_grad
+    assert layer.aux_loss.requires_grad
+
+
+def test_invalid_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="gate_noise must be > 0"):
+        MoEMlp(8, 16, gate_noise=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        MoEMlp(8, 16, num_experts=4, top_k=5)
+    with pytest.raises(ValueError, match="aux_loss"):
+        MoEMlp(8, 16, aux_loss="switch")
+    with pytest.raises(ValueError, match="backend"):
+        MoEMlp(8, 16, backend="deepspeed")
+    with pytest.raises(ValueError, match="last dimension 8"):
+        MoEMlp(8, 16)(torch.randn(3, 4))
+
+
+@pytest.mark.skipif(TUTEL_AVAILABLE, reason="tutel is installed: the error path cannot occur")
+def test_tutel_backend_without_tutel_names_the_env() -> None:
+    with pytest.raises(ImportError, match=TUTEL_ENV):
+        MoEMlp(8, 16, backend="tutel")
+
+
+@pytest.mark.skipif(
+    not TUTEL_AVAILABLE,
+    reason=f"tutel is not importable (it builds from source only, in {TUTEL_ENV})",
+)
+@pytest.mark.parametrize("aux_loss", ["swin", "gshard"])
+def test_native_matches_tutel(aux_loss: str) -> None:
+    """Same weights, eval mode (no noise), capacity that drops: same outputs and aux loss."""
+    torch.manual_seed(0)
+    settings = {"num_experts": 4, "capacity_factor": 0.8, "aux_loss": aux_loss}
+    native = MoEMlp(8, 16, **settings).eval()
+    with torch.no_grad():
+        native.gates[0].wg.weight.normal_()
+    randomised_experts(native, seed=4)
+    tutel_layer = MoEMlp(8, 16, backend="tutel", **settings).eval()
+    tutel_layer.load_state_dict(native.state_dict())
+    tokens = torch.randn(2, 15, 8)
+    torch.testing.assert_close(tutel_layer(tokens), native(tokens), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tutel_layer.aux_loss, native.aux_loss, rtol=1e-5, atol=1e-7)
