@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,9 +58,31 @@ def _tile_downstream(args: argparse.Namespace) -> object:
     )
 
 
+def _pretrain(args: argparse.Namespace) -> object:
+    from msgfm.pretrain.loop import run_pretraining
+
+    return run_pretraining(json.loads(args.config_json), args.out)
+
+
+def _init_tracking(args: argparse.Namespace) -> object:
+    from msgfm.tracking import init_store, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, args.results_root)
+    args.results_root.mkdir(parents=True, exist_ok=True)
+    init_store(uri, args.experiments, args.results_root)
+    return f"MLflow store ready: {uri} (experiments: {', '.join(args.experiments)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msgfm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch/OpenMP (Snakemake passes the rule's threads: two jobs that "
+        "each spin all cores' OpenMP threads slow each other down by orders of magnitude)",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -93,17 +116,32 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--crop", type=int, default=None, help="Vaihingen crop size (512)")
     down.add_argument("--stride", type=int, default=None, help="Vaihingen crop stride (256)")
     down.add_argument("--rows-per-shard", type=int, default=1024)
+    train = verb("pretrain", _pretrain, "pretrain one msGFM variant (resumes from its checkpoint)")
+    train.add_argument("--config-json", required=True, help="the variant's resolved config")
+    train.add_argument("--out", type=Path, required=True)
+    track = verb("init-tracking", _init_tracking, "create the MLflow store and experiments once")
+    track.add_argument("--results-root", type=Path, required=True)
+    track.add_argument("--experiments", nargs="+", required=True)
+    track.add_argument("--tracking-uri", default=None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        # Before torch is imported (the verbs import it lazily), so OpenMP picks it up.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from msgfm.train.preemption import EXIT_REQUEUE, Preempted
+
     try:
         result = args.handler(args)
+    except Preempted as exc:
+        print(f"msgfm {args.verb}: {exc}; run it again to resume", file=sys.stderr)
+        return EXIT_REQUEUE
     except MsgfmError as exc:
         print(f"msgfm {args.verb}: error: {exc}", file=sys.stderr)
         return 1

@@ -179,7 +179,7 @@ class MultiSourceDataset(Dataset):
     """Pretraining samples addressed by (source, row), a source being one or more shard sets.
 
     A source such as "rgb" may concatenate several sets (GeoPile + MillionAID); they must
-    hold the same roles. ``__getitem__`` returns ``(source, {role: tensor})`` with every
+    hold the same roles. ``__getitem__`` returns ``(source, {role: tensor, "row": row})`` with every
     sensor normalised and, with ``flip``, one horizontal flip drawn from
     (seed, epoch, source, row) and applied to all roles, so a pair stays aligned and a run
     is reproducible. Call ``set_epoch`` before each epoch; DataLoader workers pick it up when
@@ -228,6 +228,9 @@ class MultiSourceDataset(Dataset):
         sample = {role: to_tensor(role, a) for role, a in shardset.get(local).items()}
         if self.flip and self._draw_flip(source, row):
             sample = {role: torch.flip(t, dims=(-1,)) for role, t in sample.items()}
+        # The row travels with the sample so per-sample draws downstream (SimMIM masks, cross
+        # flags) can be seeded by the sample, independent of batch layout and rank count.
+        sample["row"] = torch.tensor(row, dtype=torch.int64)
         return source, sample
 
     def _draw_flip(self, source: str, row: int) -> bool:

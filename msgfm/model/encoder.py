@@ -1,0 +1,195 @@
+"""The shared Swin v1 encoder, assembled from timm's stages, with MoE MLPs in stage 3.
+
+It starts *after* the patch embedding: input is the NHWC token grid (B, H/4, W/4, C) that a
+per-sensor stem produced (and the mask token edited), so one encoder serves every sensor.
+The stages are timm's ``SwinTransformerStage`` (each opens with ``PatchMerging`` except the
+first), so the hierarchy, window attention, shifted windows and relative position bias are
+timm's own code; we only swap chosen blocks' ``mlp`` for an ``MoEMlp`` (paper §3.4, Table 10:
+every other block of stage 3, i.e. blocks 1, 3, …, 17 of 18).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models.swin_transformer import SwinTransformerStage
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MoESettings:
+    """Where the MoE MLPs go and how they route (SPEC §2, §2.1)."""
+
+    stage: int = 2  # 0-based: the third stage
+    every_other: bool = True  # odd blocks only; False replaces every block of the stage
+    num_experts: int = 8
+    top_k: int = 1
+    capacity_factor: float = 1.25
+    gate_noise: float = 1.0
+    batch_prioritized: bool = True
+    aux_loss: str = "swin"
+    backend: str = "native"
+
+
+def stage_resolutions(img_size: int, patch_size: int, num_stages: int) -> list[int]:
+    """Token-grid side of each stage: img/patch, then halved by every patch merging."""
+    first = img_size // patch_size
+    return [first // 2**i for i in range(num_stages)]
+
+
+class SwinEncoder(nn.Module):
+    """Swin v1 stages + final LayerNorm over a pre-embedded NHWC token grid."""
+
+    def __init__(
+        self,
+        *,
+        img_size: int = 192,
+        patch_size: int = 4,
+        embed_dim: int = 128,
+        depths: Sequence[int] = (2, 2, 18, 2),
+        num_heads: Sequence[int] = (4, 8, 16, 32),
+        window_size: int = 6,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        moe: MoESettings | None = None,
+    ) -> None:
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ")
+        self.patch_size = patch_size
+        self.window_size = window_size
+        self.dims = [embed_dim * 2**i for i in range(len(depths))]
+        self.num_features = self.dims[-1]
+        self.stride = patch_size * 2 ** (len(depths) - 1)
+        resolutions = stage_resolutions(img_size, patch_size, len(depths))
+        total = sum(depths)
+        # linearly rising stochastic depth, as torch.linspace but without a tensor (meta-safe)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        stages = []
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            stages.append(
+                SwinTransformerStage(
+                    dim=self.dims[max(i - 1, 0)],
+                    out_dim=self.dims[i],
+                    input_resolution=(resolutions[max(i - 1, 0)],) * 2,
+                    depth=depth,
+                    downsample=i > 0,
+                    num_heads=num_heads[i],
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop_path=rates[start : start + depth],
+                )
+            )
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.apply(_init_weights)
+        self.moe_settings = moe
+        self._moe_positions: list[tuple[int, int]] = []
+        if moe is not None:
+            self._install_moe(moe, mlp_ratio)
+
+    def _install_moe(self, moe: MoESettings, mlp_ratio: float) -> None:
+        from msgfm.model.moe import MoEMlp
+
+        if not 0 <= moe.stage < len(self.stages):
+            raise ValueError(f"moe stage {moe.stage} out of range 0..{len(self.stages) - 1}")
+        dim = self.dims[moe.stage]
+        for index, block in enumerate(self.stages[moe.stage].blocks):
+            if moe.every_other and index % 2 == 0:
+                continue
+            block.mlp = MoEMlp(
+                dim,
+                int(dim * mlp_ratio),
+                num_experts=moe.num_experts,
+                top_k=moe.top_k,
+                capacity_factor=moe.capacity_factor,
+                gate_noise=moe.gate_noise,
+                batch_prioritized=moe.batch_prioritized,
+                aux_loss=moe.aux_loss,
+                backend=moe.backend,
+            )
+            self._moe_positions.append((moe.stage, index))
+
+    def moe_blocks(self) -> list[tuple[int, int]]:
+        """(stage, block) indices whose MLP is an MoE layer."""
+        return list(self._moe_positions)
+
+    def aux_loss(self) -> torch.Tensor:
+        """Sum of the MoE balancing losses of the last forward (0 without MoE)."""
+        layers = [self.stages[s].blocks[b].mlp for s, b in self._moe_positions]
+        losses = [m.aux_loss for m in layers if isinstance(m.aux_loss, torch.Tensor)]
+        if not losses:
+            return self.norm.weight.new_zeros(())
+        return torch.stack(losses).sum()
+
+    def forward_stages(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Raw NHWC outputs of every stage (no norm), for heads that tap several scales."""
+        outputs = []
+        x = tokens
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+    def forward_features(
+        self, tokens: torch.Tensor, return_stages: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Final map (B, C_last, H/32, W/32) after the final norm; with ``return_stages`` also
+        the raw per-stage maps in NCHW (for UperNet), which carry no norm: heads add their own.
+        """
+        stages = self.forward_stages(tokens)
+        final = self.norm(stages[-1]).permute(0, 3, 1, 2).contiguous()
+        if not return_stages:
+            return final
+        return final, [s.permute(0, 3, 1, 2).contiguous() for s in stages]
+
+    def forward_distill(self, tokens: torch.Tensor) -> torch.Tensor:
+        """GFM's student features (SPEC §4): the stage-3 output after the last patch merging,
+        before the last stage's blocks and the final norm; NHWC (B, H/32, W/32, C_last).
+        (timm opens each stage with its merging, where the original Swin closes one with it.)
+        """
+        x = tokens
+        for stage in self.stages[:-1]:
+            x = stage(x)
+        return self.stages[-1].downsample(x)
+
+    def forward_with_distill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass giving both ``forward_features`` (NCHW) and ``forward_distill`` (NHWC)."""
+        merged = self.forward_distill(tokens)
+        final = self.norm(self.stages[-1].blocks(merged))
+        return final.permute(0, 3, 1, 2).contiguous(), merged
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(tokens)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute blocks in the backward pass (timm's per-stage switch) to save memory."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def set_input_size(self, img_size: int) -> None:
+        """Rebuild attention masks for another input size (finetuning at 512 px, say); timm pads
+        windows that do not divide a stage's grid.
+        """
+        resolutions = stage_resolutions(img_size, self.patch_size, len(self.stages))
+        for i, stage in enumerate(self.stages):
+            stage.set_input_size(
+                feat_size=(resolutions[max(i - 1, 0)],) * 2, window_size=self.window_size
+            )
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Swin/SimMIM init: trunc-normal(0.02) linears with zero bias, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

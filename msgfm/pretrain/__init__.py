@@ -1,0 +1,1 @@
+"""msGFM pretraining: cross-sensor SimMIM over heterogeneous multi-source batches."""
