@@ -44,6 +44,8 @@ CLASSES: tuple[str, ...] = (
     "impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter",
 )  # fmt: skip
 IGNORE_INDEX = 255
+# Marks a colour code that no ISPRS class uses (never a valid class index, nor IGNORE_INDEX).
+_UNKNOWN = 254
 COLOURS: dict[tuple[int, int, int], int] = {
     (255, 255, 255): 0,
     (0, 0, 255): 1,
@@ -65,23 +67,29 @@ def label_path(root: Path, area: int, labels: str) -> Path:
 
 
 def decode_labels(colours: np.ndarray, path: Path) -> np.ndarray:
-    """Map a (3, H, W) uint8 colour-coded label image to (1, H, W) uint8 class indices."""
-    packed = (
-        colours[0].astype(np.int32) << 16 | colours[1].astype(np.int32) << 8 | colours[2]
-    ).ravel()
-    unique, inverse = np.unique(packed, return_inverse=True)
-    lut = np.empty(len(unique), dtype=np.uint8)
-    for i, code in enumerate(unique.tolist()):
-        colour = (code >> 16, (code >> 8) & 255, code & 255)
-        if colour not in COLOURS:
-            count = int(np.count_nonzero(packed == code))
-            raise DataError(
-                path,
-                f"unknown label colour {colour} in {count} pixel(s); expected one of "
-                f"{sorted(COLOURS)}",
-            )
-        lut[i] = COLOURS[colour]
-    return lut[inverse].reshape(1, *colours.shape[1:])
+    """Map a (3, H, W) uint8 colour-coded label image to (1, H, W) uint8 class indices.
+
+    Every ISPRS colour has channels of 0 or 255 only, so a pixel's colour is one of 8 codes
+    (one bit per channel): a lookup table over those codes decodes a 2000×2500 tile without
+    sorting it (np.unique), and any channel value other than 0/255 is reported as unknown.
+    """
+    bits = colours >> 7
+    codes = (bits[0] << 2 | bits[1] << 1 | bits[2]).astype(np.intp)
+    lut = np.full(8, _UNKNOWN, dtype=np.uint8)
+    for (r, g, b), label in COLOURS.items():
+        lut[(r >> 7) << 2 | (g >> 7) << 1 | (b >> 7)] = label
+    labels = lut[codes]
+    bad = (labels == _UNKNOWN) | ((colours != 0) & (colours != 255)).any(axis=0)
+    if bad.any():
+        y, x = np.argwhere(bad)[0]
+        colour = tuple(int(c) for c in colours[:, y, x])
+        count = int(np.count_nonzero((colours == np.array(colour)[:, None, None]).all(axis=0)))
+        raise DataError(
+            path,
+            f"unknown label colour {colour} in {count} pixel(s) (first at row {y}, column {x});"
+            f" expected one of {sorted(COLOURS)}",
+        )
+    return labels[None]
 
 
 def split_of(area: int, val_areas: tuple[int, ...]) -> str:
