@@ -64,6 +64,18 @@ def _pretrain(args: argparse.Namespace) -> object:
     return run_pretraining(json.loads(args.config_json), args.out)
 
 
+def _finetune(args: argparse.Namespace) -> object:
+    from msgfm.finetune.loop import run_finetuning
+
+    return run_finetuning(json.loads(args.config_json), args.out)
+
+
+def _finetune_subset(args: argparse.Namespace) -> object:
+    from msgfm.finetune.subsets import write_subset
+
+    return write_subset(args.shards, args.out, args.fraction, args.seed)
+
+
 def _init_tracking(args: argparse.Namespace) -> object:
     from msgfm.tracking import init_store, resolve_tracking_uri
 
@@ -119,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = verb("pretrain", _pretrain, "pretrain one msGFM variant (resumes from its checkpoint)")
     train.add_argument("--config-json", required=True, help="the variant's resolved config")
     train.add_argument("--out", type=Path, required=True)
+    tune = verb("finetune", _finetune, "finetune one table cell (resumes from its checkpoint)")
+    tune.add_argument("--config-json", required=True, help="the cell's resolved config")
+    tune.add_argument("--out", type=Path, required=True)
+    subset = verb("finetune-subset", _finetune_subset, "draw a seeded training subset file")
+    subset.add_argument("--shards", type=Path, required=True, help="the task's shard set")
+    subset.add_argument("--out", type=Path, required=True)
+    subset.add_argument("--fraction", type=float, required=True, help="share of train, (0, 1]")
+    subset.add_argument("--seed", type=int, required=True)
     track = verb("init-tracking", _init_tracking, "create the MLflow store and experiments once")
     track.add_argument("--results-root", type=Path, required=True)
     track.add_argument("--experiments", nargs="+", required=True)

@@ -58,6 +58,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "backend": "native",
         },
         "distill": {"dim": None, "alpha": 1.0},
+        # EVA-style (Table 5): with a dim, the decoders predict a teacher's D_t-wide patch
+        # features on the mask-cell grid instead of pixels (msgfm.model.msgfm).
+        "feature_recon": {"dim": None},
     },
 }
 PRESETS["demo"] = {
@@ -119,12 +122,31 @@ def _validate(cfg: Mapping[str, Any]) -> None:
         )
     if not cfg["sensors"] or any(int(c) < 1 for c in cfg["sensors"].values()):
         raise ValueError(f"model.sensors must map names to channel counts ≥ 1: {cfg['sensors']}")
+    if cfg["feature_recon"]["dim"]:
+        feature_target_scale(cfg)
     moe = cfg["moe"]
     if moe["enabled"]:
         if not 0 <= moe["stage"] < len(depths):
             raise ValueError(f"model.moe.stage {moe['stage']} out of range 0..{len(depths) - 1}")
         if moe["every_other"] and depths[moe["stage"]] < 2:
             raise ValueError("model.moe.every_other needs a stage with at least 2 blocks")
+
+
+def feature_target_scale(cfg: Mapping[str, Any]) -> int:
+    """Mask cells per final token side (r) when decoding teacher features on the mask grid.
+
+    The teacher's features are resized to the g×g mask-cell grid (g = img / mask patch) so that
+    a cell is either wholly masked or wholly visible; each final token (stride 32) predicts the
+    r×r cells under it: r = 1 for the paper (6×6 both), 2 for the demo (2×2 tokens, 4×4 cells).
+    """
+    stride = cfg["patch_size"] * 2 ** (len(cfg["depths"]) - 1)
+    mask_patch = cfg["mask_patch_size"]
+    if stride % mask_patch:
+        raise ValueError(
+            f"model.feature_recon needs mask_patch_size {mask_patch} to divide the encoder "
+            f"stride {stride} (each final token then covers whole mask cells)"
+        )
+    return stride // mask_patch
 
 
 def moe_settings(cfg: Mapping[str, Any]) -> MoESettings | None:
@@ -165,10 +187,18 @@ def build_model(cfg: Mapping[str, Any]) -> MsGFM:
     """The pretraining model for a (partial) config; ``model.config`` is the resolved one."""
     resolved = resolve_config(cfg)
     encoder = build_encoder(resolved)
-    decoders = {
-        name: PixelDecoder(encoder.num_features, int(chans), encoder.stride)
-        for name, chans in resolved["sensors"].items()
-    }
+    feature_dim = resolved["feature_recon"]["dim"]
+    if feature_dim:  # the same 1×1 conv + PixelShuffle head, to D_t features per mask cell
+        scale = feature_target_scale(resolved)
+        decoders = {
+            name: PixelDecoder(encoder.num_features, int(feature_dim), scale)
+            for name in resolved["sensors"]
+        }
+    else:
+        decoders = {
+            name: PixelDecoder(encoder.num_features, int(chans), encoder.stride)
+            for name, chans in resolved["sensors"].items()
+        }
     distill = resolved["distill"]
     head = DistillHead(encoder.num_features, int(distill["dim"])) if distill["dim"] else None
     return MsGFM(
@@ -178,6 +208,7 @@ def build_model(cfg: Mapping[str, Any]) -> MsGFM:
         aux_weight=resolved["aux_weight"],
         distill_head=head,
         distill_alpha=distill["alpha"],
+        target="features" if feature_dim else "pixels",
         config=resolved,
     )
 

@@ -10,7 +10,9 @@
 - optional ``partner`` (B, C_j, H, W), ``partner_sensor`` j and ``cross`` (B,) bool: samples
   flagged ``cross`` reconstruct the partner image through D_j (paper Eq. 1) with their *own*
   mask, the others reconstruct themselves through D_i (Eq. 2);
-- optional ``teacher`` (B, D_t) frozen-teacher features for GFM-style distillation (Table 5).
+- optional ``teacher`` (B, D_t) frozen-teacher features for GFM-style distillation (Table 5);
+- ``teacher_cells`` (B, D_t, g, g) (and ``partner_teacher_cells`` with a partner) when the model
+  reconstructs teacher features instead of pixels (EVA-style, Table 5): see below.
 
 Each entry goes through the encoder in its own pass, as the paper loads the sensors one after
 another (§3.4): MoE capacity and batch-prioritised routing then act within one sensor's batch.
@@ -21,11 +23,17 @@ loss, and at 192 px this skips 14 of 36 tokens of the largest matmul in the step
 The entry's loss is SPEC §2's masked L1 generalised to groups with different channel counts,
 ``Σ_g Σ|pred−target|·m / C_g / (Σ_g Σ m + 1e-5)``, which is exactly SPEC's formula when all
 samples share one target, and weighs every masked pixel of the batch equally otherwise.
+
+With ``target="features"`` (EVA-style) the decoders D_i predict a frozen teacher's patch
+features on the g×g SimMIM mask-cell grid instead of pixels: each final token predicts the r×r
+cells it covers (r = encoder stride / mask patch; 1 at 192 px, where both grids are 6×6), and
+the loss is ``1 − cos`` averaged over the masked cells, cross-sensor samples predicting their
+partner image's teacher features through D_j, exactly as pixels are routed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -38,6 +46,9 @@ from msgfm.model.masking import apply_mask_token, pixel_mask
 from msgfm.model.patch_embed import SensorPatchEmbed
 
 L1_EPS = 1e-5
+RECONSTRUCTION_TARGETS = ("pixels", "features")
+# (prediction, target, mask) → (numerator, denominator) of a masked mean over a batch.
+LossTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def masked_l1_terms(
@@ -63,6 +74,16 @@ def patchify(images: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, H, W) → (B, H/size, W/size, C, size, size): the pixels under each final token."""
     b, c, h, w = images.shape
     return images.view(b, c, h // size, size, w // size, size).permute(0, 2, 4, 1, 3, 5)
+
+
+def masked_cosine_terms(
+    pred: torch.Tensor, target: torch.Tensor, mask_cells: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ (1 − cos(pred, target))·m, Σ m) over cells; features are dim 1, mask (n, 1, …)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    error = 1.0 - F.cosine_similarity(pred, target.detach().to(pred.dtype), dim=1)
+    return (error * mask_cells[:, 0]).sum(), mask_cells.sum()
 
 
 def distill_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -94,7 +115,12 @@ class DistillHead(nn.Module):
 
 
 class MsGFM(nn.Module):
-    """SimMIM pretraining over several sensors with cross-sensor targets and MoE aux loss."""
+    """SimMIM pretraining over several sensors with cross-sensor targets and MoE aux loss.
+
+    ``target`` says what the decoders reconstruct: ``"pixels"`` (SimMIM) or ``"features"``
+    (a teacher's patch features on the mask-cell grid, EVA-style); the decoders' output width
+    and scale must match (C_i channels at the encoder stride, or D_t at r).
+    """
 
     def __init__(
         self,
@@ -105,11 +131,15 @@ class MsGFM(nn.Module):
         aux_weight: float = 0.01,
         distill_head: DistillHead | None = None,
         distill_alpha: float = 1.0,
+        target: str = "pixels",
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if set(embeds) != set(decoders):
             raise ValueError(f"embeddings {sorted(embeds)} and decoders {sorted(decoders)} differ")
+        if target not in RECONSTRUCTION_TARGETS:
+            raise ValueError(f"target {target!r} unknown; expected one of {RECONSTRUCTION_TARGETS}")
+        self.target = target
         self.embeds = nn.ModuleDict(embeds)
         self.encoder = encoder
         self.decoders = nn.ModuleDict(decoders)
@@ -196,16 +226,77 @@ class MsGFM(nn.Module):
         else:
             features = self.encoder.forward_features(tokens)
         aux = self.encoder.aux_loss()
-        mask_px = pixel_mask(mask, image.shape[-1] // mask.shape[-1])
-        stride = image.shape[-1] // features.shape[-1]
-        mask_patches = patchify(mask_px, stride)  # (B, h, w, 1, s, s)
-        needed = mask_patches.flatten(3).amax(dim=3) > 0  # final tokens covering masked pixels
-        tokens_out = features.permute(0, 2, 3, 1)
-
         cross = self._cross_flags(key, entry)
-        groups = [("self", ~cross, sensor, image)]
+        if self.target == "pixels":
+            loss, parts = self._pixel_loss(key, entry, features, cross)
+        else:
+            loss, parts = self._feature_loss(key, entry, features, cross)
+        if "partner" in entry:
+            parts[f"cross_rate/{key}"] = cross.float().mean()
+        if teacher is not None:
+            cosine = distill_cosine(self.distill_head(merged), teacher)
+            parts[f"cos/{key}"] = cosine.detach()
+            loss = loss - self.distill_alpha * cosine
+        return loss, aux, parts
+
+    def _pixel_loss(
+        self, key: str, entry: Mapping[str, Any], features: torch.Tensor, cross: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """SimMIM's masked L1 on pixels; cross samples decode the partner through D_j."""
+        image, sensor = entry["image"], entry.get("sensor", key)
+        mask_px = pixel_mask(entry["mask"], image.shape[-1] // entry["mask"].shape[-1])
+        stride = image.shape[-1] // features.shape[-1]
+        groups = [("self", ~cross, sensor, patchify(image, stride))]
         if bool(cross.any()):
-            groups.append(("cross", cross, entry["partner_sensor"], entry["partner"]))
+            partner = patchify(entry["partner"], stride)
+            groups.append(("cross", cross, entry["partner_sensor"], partner))
+        return self._grouped_loss(
+            key, features, groups, patchify(mask_px, stride), masked_l1_terms, "l1"
+        )
+
+    def _feature_loss(
+        self, key: str, entry: Mapping[str, Any], features: torch.Tensor, cross: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """EVA-style: 1 − cos to the teacher's features of the masked mask cells."""
+        if "teacher_cells" not in entry:
+            raise KeyError(f"batch entry {key!r} lacks 'teacher_cells' (the model's target)")
+        cells = entry["teacher_cells"]
+        grid = cells.shape[-1]
+        scale = grid // features.shape[-1]
+        if scale < 1 or grid != scale * features.shape[-1]:
+            raise ValueError(
+                f"entry {key!r}: teacher cell grid {grid} is not a multiple of the final "
+                f"feature grid {features.shape[-1]}"
+            )
+        mask = entry["mask"]
+        if mask.shape[-1] % grid:
+            raise ValueError(f"entry {key!r}: token mask {mask.shape[-1]} not divisible by {grid}")
+        # The mask is drawn on the cell grid (validated geometry), so each block is uniform.
+        mask_cells = F.avg_pool2d(mask.float()[:, None], mask.shape[-1] // grid)
+        groups = [("self", ~cross, entry.get("sensor", key), patchify(cells, scale))]
+        if bool(cross.any()):
+            if "partner_teacher_cells" not in entry:
+                raise KeyError(f"entry {key!r} has cross samples but no 'partner_teacher_cells'")
+            partner = patchify(entry["partner_teacher_cells"], scale)
+            groups.append(("cross", cross, entry["partner_sensor"], partner))
+        return self._grouped_loss(
+            key, features, groups, patchify(mask_cells, scale), masked_cosine_terms, "feat"
+        )
+
+    def _grouped_loss(
+        self,
+        key: str,
+        features: torch.Tensor,
+        groups: list[tuple[str, torch.Tensor, str, torch.Tensor]],
+        mask_patches: torch.Tensor,
+        terms: LossTerms,
+        label: str,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Decode only the final tokens with masked targets, per (name, selected, decoder
+        sensor, patchified target) group; ``terms`` gives (numerator, denominator) per group.
+        """
+        needed = mask_patches.flatten(3).amax(dim=3) > 0  # (B, h, w)
+        tokens_out = features.permute(0, 2, 3, 1)
         numerator = features.new_zeros(())
         denominator = features.new_zeros(())
         parts: dict[str, torch.Tensor] = {}
@@ -215,18 +306,12 @@ class MsGFM(nn.Module):
             chosen = needed & selected[:, None, None]
             decoder = self._module_for(self.decoders, target_sensor)
             pred = decoder.forward_tokens(tokens_out[chosen])
-            num, den = masked_l1_terms(pred, patchify(target, stride)[chosen], mask_patches[chosen])
+            num, den = terms(pred, target[chosen], mask_patches[chosen])
             numerator, denominator = numerator + num, denominator + den
-            parts[f"l1/{key}/{name}"] = (num / (den + L1_EPS)).detach()
+            parts[f"{label}/{key}/{name}"] = (num / (den + L1_EPS)).detach()
         loss = numerator / (denominator + L1_EPS)
-        parts[f"l1/{key}"] = loss.detach()
-        if "partner" in entry:
-            parts[f"cross_rate/{key}"] = cross.float().mean()
-        if teacher is not None:
-            cosine = distill_cosine(self.distill_head(merged), teacher)
-            parts[f"cos/{key}"] = cosine.detach()
-            loss = loss - self.distill_alpha * cosine
-        return loss, aux, parts
+        parts[f"{label}/{key}"] = loss.detach()
+        return loss, parts
 
     def _cross_flags(self, key: str, entry: Mapping[str, Any]) -> torch.Tensor:
         """Per-sample bool: reconstruct the partner? All False without a partner (Eq. 2)."""

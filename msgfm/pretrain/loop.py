@@ -37,6 +37,7 @@ from msgfm.pretrain.batches import (
 )
 from msgfm.pretrain.figures import save_reconstruction_figure
 from msgfm.pretrain.reconstruct import reconstruction_examples
+from msgfm.pretrain.teachers import add_teacher_targets, model_overrides, teacher_for_variant
 from msgfm.tracking import TrackedRun, config_hash, git_commit, resolve_tracking_uri
 from msgfm.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint, unwrap
 from msgfm.train.distributed import (
@@ -59,10 +60,14 @@ def source_specs(pretrain: Mapping[str, Any]) -> list[SourceSpec]:
     ]
 
 
-def model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The model config of a variant: the shared model settings with its MoE switch."""
+def model_config(cfg: Mapping[str, Any], teacher_dim: int | None = None) -> dict[str, Any]:
+    """The model config of a variant: the shared model settings with its MoE switch and, for
+    a Table 5 objective, the distillation head or feature decoders sized to its teacher."""
     model = json.loads(json.dumps(cfg["model"]))
     model.setdefault("moe", {})["enabled"] = bool(cfg["variant"]["moe"])
+    overrides = model_overrides(cfg["variant"].get("objective", "mim"), teacher_dim)
+    for key, values in overrides.items():
+        model.setdefault(key, {}).update(values)
     return model
 
 
@@ -139,7 +144,12 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         pin_memory=ctx.device.type == "cuda",
     )
 
-    model = build_model(model_config(cfg)).to(ctx.device)
+    # Frozen, never wrapped in DDP, built before the model from its own seeded RNG.
+    objective = variant.get("objective", "mim")
+    teacher = teacher_for_variant(variant, seed)
+    if teacher is not None:
+        teacher.to(ctx.device)
+    model = build_model(model_config(cfg, teacher.dim if teacher else None)).to(ctx.device)
     mask_generator = build_mask_generator(model.config)
     groups = param_groups(
         model,
@@ -189,6 +199,8 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
             "config_hash": chash,
             "moe": str(bool(variant["moe"])),
             "cross_rate": str(variant["cross_rate"]),
+            "objective": objective,
+            "teacher": str(variant.get("teacher")),
         },
         params=cfg,
         enabled=ctx.is_main,
@@ -226,6 +238,10 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
                     device=ctx.device,
                 )
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+                    if teacher is not None:
+                        add_teacher_targets(
+                            entries, teacher, objective, mask_generator.cells_per_side
+                        )
                     loss, parts = train_model(entries, entry_weights)
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(
@@ -284,12 +300,20 @@ def _finish_outputs(
     tracked: TrackedRun,
     metrics: dict[str, Any],
 ) -> None:
-    """Figures, encoder and metrics; the encoder file is written last (the rule's output)."""
+    """Figures, encoder and metrics; the encoder file is written last (the rule's output).
+
+    A model that reconstructs teacher features (EVA-style) has no pixels to show: no figures.
+    """
     figures = out / "figures"
     generator = torch.Generator().manual_seed(int(cfg["pretrain"]["seed"]))
-    for key, examples in reconstruction_examples(
-        model, dataset, mask_generator, generator, count=int(cfg["pretrain"]["figure_examples"])
-    ).items():
+    examples_by_key = (
+        reconstruction_examples(
+            model, dataset, mask_generator, generator, int(cfg["pretrain"]["figure_examples"])
+        )
+        if unwrap(model).target == "pixels"
+        else {}
+    )
+    for key, examples in examples_by_key.items():
         path = save_reconstruction_figure(
             examples,
             figures / f"{key.replace('/', '_')}.png",

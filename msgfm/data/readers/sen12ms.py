@@ -125,22 +125,28 @@ class SEN12MS(DatasetReader):
 
     def read(self, ref: SampleRef) -> Sample:
         """Read one triplet; SAR NaNs are kept (the tiler repairs and counts them)."""
-        arrays = {}
-        for role, _, bands, dtype in _SOURCES:
-            raster = read_raster(
-                ref.files[role][0], bands=bands, dtypes=(dtype,), allow_nonfinite=role == "sar"
-            )
-            arrays[role] = raster.data
-        require_same_grid(arrays, ref)
-        return Sample(
-            sample_id=ref.sample_id,
-            arrays=arrays,
-            valid_bands={
-                role: np.ones(arrays[role].shape[0], dtype=bool) for role in ("s2", "sar")
-            },
-            split=ref.split,
-            meta=dict(ref.meta),
+        return read_patch(ref, _SOURCES)
+
+
+def read_patch(ref: SampleRef, sources: tuple[tuple[str, str, int, str], ...]) -> Sample:
+    """Read the co-registered rasters of one SEN12MS(-CR) patch, checked for band count,
+    dtype and a common grid. Only SAR may hold NaN (no-data), which the tiler repairs."""
+    arrays = {}
+    for role, _, bands, dtype in sources:
+        raster = read_raster(
+            ref.files[role][0], bands=bands, dtypes=(dtype,), allow_nonfinite=role == "sar"
         )
+        arrays[role] = raster.data
+    require_same_grid(arrays, ref)
+    return Sample(
+        sample_id=ref.sample_id,
+        arrays=arrays,
+        valid_bands={
+            role: np.ones(arrays[role].shape[0], dtype=bool) for role in arrays if role != "lc"
+        },
+        split=ref.split,
+        meta=dict(ref.meta),
+    )
 
 
 def exists_in_listing(path: Path, listings: dict[Path, set[str]]) -> bool:

@@ -23,11 +23,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
-from msgfm.data.raster import read_raster
 from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
-from msgfm.data.readers.sen12ms import SEASONS, exists_in_listing, require_same_grid
+from msgfm.data.readers.sen12ms import SEASONS, exists_in_listing, read_patch
 from msgfm.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -153,17 +150,4 @@ class SEN12MSCR(DatasetReader):
 
     def read(self, ref: SampleRef) -> Sample:
         """Read S1, clear S2 and cloudy S2 of one patch; SAR NaNs are kept for the tiler."""
-        arrays = {}
-        for role, _, bands, dtype in _SOURCES:
-            raster = read_raster(
-                ref.files[role][0], bands=bands, dtypes=(dtype,), allow_nonfinite=role == "sar"
-            )
-            arrays[role] = raster.data
-        require_same_grid(arrays, ref)
-        return Sample(
-            sample_id=ref.sample_id,
-            arrays=arrays,
-            valid_bands={role: np.ones(arrays[role].shape[0], dtype=bool) for role in arrays},
-            split=ref.split,
-            meta=dict(ref.meta),
-        )
+        return read_patch(ref, _SOURCES)
