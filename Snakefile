@@ -14,6 +14,8 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
+include: "rules/finetune.smk"
+include: "rules/tables.smk"
 
 
 rule all:

@@ -85,6 +85,13 @@ def _init_tracking(args: argparse.Namespace) -> object:
     return f"MLflow store ready: {uri} (experiments: {', '.join(args.experiments)})"
 
 
+def _tables(args: argparse.Namespace) -> object:
+    from msgfm.tables.aggregate import write_tables
+
+    written = write_tables(args.results, args.finetune_root, args.out, transfer=args.transfer)
+    return "\n\n".join(path.read_text() for path in written.values())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msgfm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -143,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--results-root", type=Path, required=True)
     track.add_argument("--experiments", nargs="+", required=True)
     track.add_argument("--tracking-uri", default=None)
+    tables = verb("tables", _tables, "aggregate finetuning results into Tables 3, 5 and 6")
+    tables.add_argument("results", nargs="*", type=Path, help="finetuning metrics.json files")
+    tables.add_argument("--finetune-root", type=Path, required=True)
+    tables.add_argument("--out", type=Path, required=True)
+    tables.add_argument("--transfer", default="stacked", choices=["stacked", "shared"])
     return parser
 
 

@@ -95,7 +95,7 @@ def git_commit() -> str:
 
 
 class TrackedRun:
-    """One MLflow run per training job, resumed by id after a requeue.
+    """One MLflow run per training job, resumed by id after a requeue (same config only).
 
     Only the main process creates one (``enabled=False`` elsewhere turns every method into a
     no-op), so DDP ranks never race for the store.
@@ -111,6 +111,7 @@ class TrackedRun:
         results_root: str | Path,
         tags: Mapping[str, str],
         params: Mapping[str, Any],
+        config_hash: str,
         enabled: bool = True,
     ) -> None:
         self.enabled = enabled
@@ -124,16 +125,19 @@ class TrackedRun:
         experiment_id = self._client.get_experiment_by_name(experiment).experiment_id
         id_file = Path(state_dir) / RUN_ID_FILE
         if id_file.is_file():
-            self.run_id = id_file.read_text().strip()
-            _retry(lambda: self._client.update_run(self.run_id, status="RUNNING"))
-            log.info("resuming MLflow run %s", self.run_id)
-            return
+            previous = json.loads(id_file.read_text())
+            if previous["config_hash"] == config_hash:
+                self.run_id = previous["run_id"]
+                _retry(lambda: self._client.update_run(self.run_id, status="RUNNING"))
+                log.info("resuming MLflow run %s", self.run_id)
+                return
+            log.info("config changed since MLflow run %s: starting a new run", previous["run_id"])
         run = _retry(
             lambda: self._client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
         )
         self.run_id = run.info.run_id
         id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(self.run_id + "\n")
+        id_file.write_text(json.dumps({"run_id": self.run_id, "config_hash": config_hash}) + "\n")
         items = list(flatten(params).items())
         for start in range(0, len(items), 100):
             chunk = [mlflow.entities.Param(k, v) for k, v in items[start : start + 100]]

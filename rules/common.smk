@@ -12,7 +12,13 @@ PRETRAIN_SOURCES = config["pretrain_sources"]
 DOWNSTREAM_TASKS = config["downstream_tasks"]
 DATASETS = sorted(set(PRETRAIN_SOURCES) | set(DOWNSTREAM_TASKS))
 VARIANTS = config["variants"]
-EXPERIMENTS = sorted({f"msgfm-table{v['table']}" for v in VARIANTS.values()})
+FINETUNE = RESULTS / "finetune"
+TABLES = RESULTS / "tables"
+TABLE_NAMES = ("table3", "table5", "table6")
+FINETUNE_EXPERIMENT = "msgfm-finetune"
+EXPERIMENTS = sorted(
+    {f"msgfm-table{v['table']}" for v in VARIANTS.values()} | {FINETUNE_EXPERIMENT}
+)
 # Settings of the pretraining rule itself, not of the training job.
 _RULE_ONLY = {"epochs_cap", "gpus", "threads"}
 
@@ -75,9 +81,110 @@ def launcher(gpus):
 
 
 def all_targets():
-    """Everything the workflow builds so far: shard sets and pretrained encoders."""
+    """Everything the workflow builds: shard sets, encoders, finetuned cells and the tables."""
     return (
         [SHARDS / "pretrain" / source for source in PRETRAIN_SOURCES]
         + [SHARDS / "downstream" / task for task in DOWNSTREAM_TASKS]
         + [PRETRAIN / variant / "encoder.pt" for variant in VARIANTS]
+        + finetune_targets()
+        + [TABLES / f"{name}.md" for name in TABLE_NAMES]
     )
+
+
+# Finetuning (rules/finetune.smk).
+FINETUNE_INITS = {"random", "in22k"}  # besides the pretraining variants
+
+
+def fraction_label(fraction):
+    """A fraction as paths and tags spell it (0.01 -> "0.01", 1.0 -> "1");
+    msgfm.finetune.subsets.format_fraction is the same rule."""
+    return f"{float(fraction):g}"
+
+
+def finetune_cells():
+    """Every configured (task, init, transfer, fraction, seed) cell, each once."""
+    settings = config["finetune"]
+    names = settings["run"] if settings["run"] is not None else list(settings["grids"])
+    unknown = sorted(set(names) - set(settings["grids"]))
+    if unknown:
+        raise ValueError(
+            f"config finetune.run names grids {unknown}; defined: {sorted(settings['grids'])}"
+        )
+    cells = set()
+    for name in names:
+        grid = settings["grids"][name]
+        for init in grid["inits"]:
+            if init not in VARIANTS and init not in FINETUNE_INITS:
+                raise ValueError(
+                    f"config finetune.grids.{name}.inits: {init!r} is neither a variant "
+                    f"({', '.join(VARIANTS)}) nor one of {sorted(FINETUNE_INITS)}"
+                )
+            if init == "in22k" and not settings["in22k"]:
+                continue
+            for task, fractions in grid["tasks"].items():
+                if task not in DOWNSTREAM_TASKS:
+                    raise ValueError(
+                        f"config finetune.grids.{name}.tasks: {task!r} is not among "
+                        f"downstream_tasks {DOWNSTREAM_TASKS}"
+                    )
+                for fraction in fractions:
+                    for transfer in grid["transfers"]:
+                        for seed in grid["seeds"] or settings["seeds"]:
+                            label = fraction_label(fraction)
+                            cells.add((task, init, transfer, label, seed))
+    return sorted(cells)
+
+
+def finetune_targets():
+    return [
+        FINETUNE / t / i / tr / f"frac{f}" / f"seed{s}" / "metrics.json"
+        for t, i, tr, f, s in finetune_cells()
+    ]
+
+
+def finetune_inputs(wildcards):
+    """The task's shard set, the encoder to start from and the training subset, if any."""
+    inputs = {"shards": SHARDS / "downstream" / wildcards.task}
+    if wildcards.init in VARIANTS:
+        inputs["encoder"] = PRETRAIN / wildcards.init / "encoder.pt"
+    if float(wildcards.fraction) < 1.0:
+        inputs["subset"] = (
+            FINETUNE
+            / "subsets"
+            / wildcards.task
+            / f"frac{wildcards.fraction}_seed{wildcards.seed}.txt"
+        )
+    return inputs
+
+
+def finetune_model_config(init):
+    """The model config of an init: a variant's MoE switch as it was pretrained."""
+    model = json.loads(json.dumps(config["model"]))
+    if init in VARIANTS:
+        model.setdefault("moe", {})["enabled"] = bool(VARIANTS[init]["moe"])
+    return model
+
+
+def finetune_job_config(wildcards, input):
+    """The resolved config of one finetuning cell, as the job receives it (JSON)."""
+    settings = config["finetune"]
+    task_settings = {
+        **settings["defaults"],
+        **settings["tasks"].get(wildcards.task, {}),
+    }
+    job = {
+        "task": wildcards.task,
+        "init": wildcards.init,
+        "transfer": wildcards.transfer,
+        "fraction": float(wildcards.fraction),
+        "seed": int(wildcards.seed),
+        "checkpoint": str(input.encoder) if "encoder" in input.keys() else None,
+        "subset": str(input.subset) if "subset" in input.keys() else None,
+        "shards": str(input.shards),
+        "model": finetune_model_config(wildcards.init),
+        "finetune": task_settings,
+        "results_root": str(RESULTS),
+        "tracking_uri": config["tracking_uri"],
+        "experiment": FINETUNE_EXPERIMENT,
+    }
+    return json.dumps(job, sort_keys=True)

@@ -32,7 +32,11 @@ rule pretrain:
     params:
         config=pretrain_job_config,
         out=lambda wildcards: PRETRAIN / wildcards.variant,
-        launch=launcher(config["pretrain"]["gpus"]),
+        # From the job's resources, so a profile's GPU count (--profile slurm) is also
+        # torchrun's process count.
+        launch=lambda wildcards, resources: launcher(resources.gpu),
+    # exec: SLURM's warning TERM reaches every process of the job step; a shell in between
+    # would die of it at once instead of waiting for the checkpoint.
     shell:
-        "{params.launch} --threads {threads} pretrain --config-json {params.config:q}"
+        "exec {params.launch} --threads {threads} pretrain --config-json {params.config:q}"
         " --out {params.out} > {log} 2>&1"

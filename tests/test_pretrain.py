@@ -121,13 +121,15 @@ def test_a_killed_run_resumes_to_bitwise_identical_weights(shards, tmp_path, sig
         assert torch.equal(value, resumed[name]), name
 
 
-def test_a_checkpoint_of_another_config_is_refused(shards, tmp_path):
+def test_a_changed_config_restarts_and_keeps_the_old_checkpoint(shards, tmp_path):
     out = tmp_path / "run"
-    assert run_job(job_config(shards, tmp_path, max_steps_per_epoch=2), out).wait(600) == 0
-    changed = job_config(shards, tmp_path, max_steps_per_epoch=2, seed=1)
-    proc = run_job(changed, out)
-    assert proc.wait(timeout=600) == 1
-    assert "written for config" in (tmp_path / "run.log").read_text()
+    first = job_config(shards, tmp_path, max_steps_per_epoch=2, checkpoint_every=100)
+    assert run_job(first, out).wait(600) == 0
+    changed = job_config(shards, tmp_path, max_steps_per_epoch=2, checkpoint_every=100, seed=1)
+    assert run_job(changed, out).wait(timeout=600) == 0
+    assert "starting afresh" in (tmp_path / "run.log").read_text()
+    assert len(list((out / "checkpoints").glob("superseded-*.pt"))) == 1
+    assert json.loads((out / "config.json").read_text())["pretrain"]["seed"] == 1
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ mlflow = pytest.importorskip("mlflow")
 from msgfm.tracking import TrackedRun, config_hash, flatten, init_store, resolve_tracking_uri  # noqa: E402
 
 
-def open_run(results: Path, state: Path, name: str = "run") -> TrackedRun:
+def open_run(results: Path, state: Path, name: str = "run", config: str = "c1") -> TrackedRun:
     uri = resolve_tracking_uri(None, results)
     return TrackedRun(
         uri=uri,
@@ -22,6 +22,7 @@ def open_run(results: Path, state: Path, name: str = "run") -> TrackedRun:
         results_root=results,
         tags={"variant": name, "table": "6"},
         params={"model": {"moe": True, "experts": 8}, "cross_rate": 0.5},
+        config_hash=config,
     )
 
 
@@ -49,12 +50,14 @@ def test_a_resumed_job_continues_the_same_run(tmp_path: Path, monkeypatch) -> No
     assert stored.data.params["model.experts"] == "8"
     assert stored.data.tags["variant"] == "run"
     assert stored.info.status == "FINISHED"
+    changed = open_run(tmp_path, tmp_path / "job", config="c2")
+    assert changed.run_id != run.run_id  # another config is another run, the old one stays
 
 
 def test_disabled_run_touches_nothing(tmp_path: Path) -> None:
     run = TrackedRun(
         uri="sqlite:///never.db", experiment="x", run_name="r", state_dir=tmp_path,
-        results_root=tmp_path, tags={}, params={}, enabled=False,
+        results_root=tmp_path, tags={}, params={}, config_hash="c", enabled=False,
     )  # fmt: skip
     run.log_metrics({"loss": 1.0}, step=0)
     run.finish()

@@ -130,14 +130,18 @@ def test_resume_from_checkpoint_is_bitwise_identical(tmp_path) -> None:
         assert torch.equal(value, reference[key]), key
 
 
-def test_checkpoint_of_another_config_is_refused(tmp_path) -> None:
+def test_checkpoint_of_another_config_is_set_aside_not_resumed(tmp_path) -> None:
     model, opt, sched = make_state()
     save_checkpoint(
         tmp_path, model=model, optimizer=opt, scheduler=sched,
-        position=TrainPosition(), config_hash="abc",
+        position=TrainPosition(step=2), config_hash="abc",
     )  # fmt: skip
-    with pytest.raises(CheckpointError, match="config"):
-        load_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="xyz")
+    assert load_checkpoint(
+        tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="xyz"
+    ) is None  # fmt: skip
+    assert not (tmp_path / "last.pt").exists()
+    kept = torch.load(tmp_path / "superseded-abc.pt", weights_only=False)
+    assert kept["position"]["step"] == 2
 
 
 def test_damaged_checkpoint_is_reported_with_its_path(tmp_path) -> None:

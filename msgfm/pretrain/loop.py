@@ -7,7 +7,10 @@ What a job guarantees, because a cluster will interrupt it:
 - only rank 0 writes files or talks to MLflow; every rank sees the same stop decision.
 Outputs: ``encoder.pt`` ({"config", "model"} loadable by ``msgfm.model.factory.load_encoder``),
 ``metrics.json``, ``config.json`` (the resolved config) and one reconstruction figure per
-pretraining entry.
+pretraining entry (none when the model reconstructs teacher features).
+A Table 5 variant also builds a frozen teacher (msgfm.pretrain.teachers) whose targets are
+computed per step under no_grad; it is never wrapped in DDP nor checkpointed (it is rebuilt
+identically: hub weights, or a seeded random model).
 """
 
 from __future__ import annotations
@@ -203,6 +206,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
             "teacher": str(variant.get("teacher")),
         },
         params=cfg,
+        config_hash=chash,
         enabled=ctx.is_main,
     )
     amp = pre.get("amp", "bf16") == "bf16" and ctx.device.type == "cuda"

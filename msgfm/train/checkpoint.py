@@ -9,6 +9,7 @@ temporary name and renamed, so a kill during the write leaves the previous check
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -20,11 +21,12 @@ import torch
 
 from msgfm.errors import MsgfmError
 
+log = logging.getLogger(__name__)
 LAST = "last.pt"
 
 
 class CheckpointError(MsgfmError):
-    """A checkpoint is unreadable or belongs to another configuration."""
+    """A checkpoint is unreadable."""
 
 
 @dataclass
@@ -97,8 +99,10 @@ def load_checkpoint(
 ) -> tuple[TrainPosition, dict[str, Any]] | None:
     """Restore the state saved in ``directory`` if there is one; None for a fresh start.
 
-    Refuses a checkpoint written under another configuration: resuming an ablation row from
-    a different row's weights would silently corrupt a table cell.
+    A checkpoint written under another configuration is never resumed (that would mix two
+    ablation rows in one table cell): it is moved aside to ``superseded-<its hash>.pt``, kept
+    for the user, and training starts afresh. This is what happens when a config change makes
+    Snakemake rerun a job whose folder still holds the old run's checkpoint.
     """
     path = Path(directory) / LAST
     if not path.is_file():
@@ -110,10 +114,14 @@ def load_checkpoint(
             f"{path}: unreadable checkpoint ({exc}); delete it to restart"
         ) from exc
     if payload.get("config_hash") != config_hash:
-        raise CheckpointError(
-            f"{path}: written for config {payload.get('config_hash')}, but this run's config is "
-            f"{config_hash}; use another output folder or delete the checkpoint to restart"
-        )
+        aside = path.with_name(f"superseded-{payload.get('config_hash')}.pt")
+        os.replace(path, aside)
+        log.warning(
+            "%s was written for config %s, this run's config is %s: moved it to %s and "
+            "starting afresh",
+            path, payload.get("config_hash"), config_hash, aside,
+        )  # fmt: skip
+        return None
     unwrap(model).load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None and payload["scheduler"] is not None:

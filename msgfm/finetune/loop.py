@@ -1,0 +1,328 @@
+"""The finetuning job: one table cell (task x fraction x init x transfer x seed) end to end.
+
+It mirrors the pretraining job (:mod:`msgfm.pretrain.loop`) because a cluster interrupts it the
+same way:
+- it resumes from ``<out>/checkpoints/last.pt`` exactly (seeded data order and flips, saved RNG
+  states for dropout/stochastic depth) and continues its MLflow run;
+- SIGTERM/SIGUSR1 → checkpoint at the end of the step → exit 75 (EXIT_REQUEUE);
+- only rank 0 writes files, evaluates and talks to MLflow; every rank sees the same stop decision.
+Optimisation follows GFM's finetuning: AdamW with layer-wise learning-rate decay, linear warm-up
+then cosine decay stepped per iteration, gradient clipping. No masking (paper App. C.2).
+
+The model is evaluated once, after the last epoch, on the **test** split; there is no model
+selection on the validation split (the paper reports the final model). Outputs, in order:
+``config.json`` (the resolved config), checkpoints, and ``metrics.json`` written atomically
+last (the workflow's output: its presence means the cell is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from msgfm.data.shards import ShardSet
+from msgfm.finetune.data import EpochBatchSampler, TaskDataset, TaskSpec, collate, task_spec
+from msgfm.finetune.subsets import format_fraction, train_split
+from msgfm.model.factory import resolve_config
+from msgfm.tracking import TrackedRun, config_hash, git_commit, resolve_tracking_uri
+from msgfm.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint, unwrap
+from msgfm.train.distributed import (
+    DistContext,
+    all_reduce_mean,
+    broadcast_flag,
+    cleanup_distributed,
+    init_distributed,
+)
+from msgfm.train.optim import build_optimizer, build_scheduler
+from msgfm.train.preemption import Preempted, PreemptionWatcher
+
+log = logging.getLogger(__name__)
+
+
+def _atomic_json(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def run_finetuning(cfg: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Finetune one cell; returns the test metrics. Raises Preempted after a checkpoint."""
+    out = Path(out_dir)
+    ctx = init_distributed(cfg["finetune"].get("device", "auto"))
+    try:
+        return _finetune(cfg, out, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def task_loss(spec: TaskSpec) -> nn.Module:
+    """Multi-label BCE (BigEarthNet), L1 on [0, 1] images (regression), CE ignoring 255."""
+    if spec.kind == "classification":
+        return nn.BCEWithLogitsLoss()
+    if spec.kind == "regression":
+        return nn.L1Loss()
+    return nn.CrossEntropyLoss(ignore_index=spec.ignore_index)
+
+
+def native_sizes(
+    spec: TaskSpec, shards: ShardSet, data_size: int | None = None
+) -> tuple[int, int | None]:
+    """The first input's side (the encoder size is derived from it) and a dense target's side,
+    as the data arrive (``data_size`` when the data are resampled)."""
+    roles = shards.meta["roles"]
+    native = data_size or int(roles[spec.inputs[0][0]]["shape"][-1])
+    output = data_size or int(roles[spec.target]["shape"][-1])
+    return native, output if spec.kind != "classification" else None
+
+
+def build_model(cfg: Mapping[str, Any], spec: TaskSpec, shards: ShardSet) -> nn.Module:
+    """Backbone from its init (a pretraining variant's encoder.pt, random, in22k) + task head."""
+    from msgfm.finetune.model import build_finetune_model
+
+    settings = cfg["finetune"]
+    native, output = native_sizes(spec, shards, settings.get("data_size"))
+    init = cfg["init"] if cfg["init"] in ("random", "in22k") else "msgfm"
+    return build_finetune_model(
+        spec.name,
+        init=init,
+        transfer=cfg["transfer"],
+        checkpoint=cfg.get("checkpoint"),
+        model_cfg={**cfg["model"], "drop_path_rate": float(settings["drop_path_rate"])},
+        native_size=native,
+        img_size=settings.get("img_size"),
+        output_size=output,
+    )
+
+
+def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any]:
+    settings, spec = cfg["finetune"], task_spec(cfg["task"])
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed)
+    chash = config_hash(cfg)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_json(out / "config.json", cfg)
+
+    shards = ShardSet(cfg["shards"])
+    train = train_split(cfg["shards"], cfg.get("subset"))
+    data_size = settings.get("data_size")
+    dataset = TaskDataset(spec, train, augment=True, seed=seed, data_size=data_size)
+    sampler = EpochBatchSampler(
+        len(dataset), int(settings["batch_size"]), seed=seed,
+        rank=ctx.rank, world_size=ctx.world_size,
+    )  # fmt: skip
+    steps_per_epoch = sampler.steps_per_epoch
+    if settings.get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, int(settings["max_steps_per_epoch"]))
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=int(settings["num_workers"]),
+        # A private generator: worker seeding must not consume the global RNG, whose state a
+        # resumed run restores from the checkpoint.
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=ctx.device.type == "cuda",
+    )
+
+    from msgfm.finetune.model import layer_decay_groups
+
+    model = build_model(cfg, spec, shards).to(ctx.device)
+    groups = layer_decay_groups(
+        model,
+        base_lr=float(settings["lr"]),
+        layer_decay=float(settings["layer_decay"]),
+        weight_decay=float(settings["weight_decay"]),
+    )
+    aux_weight = float(resolve_config(cfg["model"])["aux_weight"])
+    optimizer = build_optimizer(
+        groups, lr=float(settings["lr"]), betas=tuple(settings["betas"]), eps=float(settings["eps"])
+    )
+    epochs = int(settings["epochs"])
+    scheduler = build_scheduler(
+        optimizer,
+        schedule=settings["schedule"],
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=float(settings["warmup_epochs"]),
+        warmup_lr=float(settings["warmup_lr"]),
+        min_lr=float(settings["min_lr"]),
+    )
+    ckpt_dir = out / "checkpoints"
+    resumed = load_checkpoint(
+        ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler, config_hash=chash
+    )
+    position = resumed[0] if resumed else TrainPosition()
+    if resumed:
+        log.info("resuming at epoch %d step %d", position.epoch, position.step)
+    train_model: nn.Module = model
+    if ctx.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    fraction = format_fraction(cfg["fraction"])
+    tracked = TrackedRun(
+        uri=resolve_tracking_uri(cfg.get("tracking_uri"), cfg["results_root"]),
+        experiment=cfg.get("experiment", "msgfm-finetune"),
+        run_name=f"{cfg['task']}/{cfg['init']}/{cfg['transfer']}/frac{fraction}/seed{seed}",
+        state_dir=out,
+        results_root=cfg["results_root"],
+        tags={
+            "task": cfg["task"],
+            "fraction": fraction,
+            "variant": cfg["init"],
+            "transfer": cfg["transfer"],
+            "seed": str(seed),
+            "git_commit": git_commit(),
+            "config_hash": chash,
+        },
+        params=cfg,
+        config_hash=chash,
+        enabled=ctx.is_main,
+    )
+    loss_fn = task_loss(spec)
+    amp = settings.get("amp", "bf16") == "bf16" and ctx.device.type == "cuda"
+    log_every, ckpt_every = int(settings["log_every"]), int(settings["checkpoint_every"])
+    total_steps = epochs * steps_per_epoch
+
+    def checkpoint() -> None:
+        if ctx.is_main:
+            save_checkpoint(
+                ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                position=position, config_hash=chash,
+            )  # fmt: skip
+        if ctx.distributed:
+            torch.distributed.barrier()
+
+    last: dict[str, float] = {}
+    with PreemptionWatcher() as watcher:
+        while position.epoch < epochs:
+            sampler.set_epoch(position.epoch, start_step=position.step)
+            dataset.set_epoch(position.epoch)
+            train_model.train()
+            window_start, window_steps, window_samples = time.perf_counter(), 0, 0
+            for batch in loader:
+                if position.step >= steps_per_epoch:
+                    break
+                inputs = {
+                    s: x.to(ctx.device, non_blocking=True) for s, x in batch["inputs"].items()
+                }
+                target = batch["target"].to(ctx.device, non_blocking=True)
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+                    output = train_model(inputs)
+                # The MoE balancing loss keeps routing balanced in finetuning too (Swin-MoE).
+                loss = loss_fn(output.float(), target) + aux_weight * model.aux_loss()
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(
+                        f"non-finite loss {loss.item()} at epoch {position.epoch} step "
+                        f"{position.step} of {cfg['task']}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), settings["clip_grad"])
+                optimizer.step()
+                position.step += 1
+                position.global_step += 1
+                scheduler.step_update(position.global_step)
+                window_steps += 1
+                window_samples += len(target)
+                if position.global_step % log_every == 0 or position.global_step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    last = {
+                        "train_loss": float(all_reduce_mean(loss.detach(), ctx)),
+                        "grad_norm": float(grad_norm),
+                        "lr": max(group["lr"] for group in optimizer.param_groups),
+                        "samples_per_s": window_samples * ctx.world_size / max(elapsed, 1e-9),
+                    }
+                    tracked.log_metrics(last, step=position.global_step)
+                    if ctx.is_main:
+                        log.info(
+                            "epoch %d step %d/%d loss %.4f",
+                            position.epoch, position.step, steps_per_epoch, last["train_loss"],
+                        )  # fmt: skip
+                    window_start, window_steps, window_samples = time.perf_counter(), 0, 0
+                stop = broadcast_flag(watcher.triggered, ctx)
+                if stop or position.global_step % ckpt_every == 0:
+                    checkpoint()
+                if stop:
+                    tracked.finish("KILLED")
+                    raise Preempted(
+                        f"stopped by signal at epoch {position.epoch} step {position.step}; "
+                        f"checkpoint in {ckpt_dir}"
+                    )
+            position.epoch += 1
+            position.step = 0
+            tracked.log_metrics({"epoch": position.epoch}, step=position.global_step)
+        checkpoint()
+
+    metrics: dict[str, Any] = {}
+    if ctx.is_main:
+        test = TaskDataset(spec, shards.split("test"), augment=False, data_size=data_size)
+        scores = evaluate(model, spec, test, int(settings["eval_batch_size"]), ctx.device, amp)
+        tracked.log_metrics({f"test/{k}": v for k, v in scores.items()}, position.global_step)
+        metrics = {
+            "task": cfg["task"], "init": cfg["init"], "transfer": cfg["transfer"],
+            "fraction": float(cfg["fraction"]), "seed": seed, "split": "test",
+            "train_samples": len(train), "test_samples": len(test),
+            "epochs": epochs, "steps": position.global_step, "img_size": model.input_size,
+            "train_loss": last.get("train_loss"), "config_hash": chash, **scores,
+        }  # fmt: skip
+        _atomic_json(out / "metrics.json", metrics)
+        tracked.log_artifact(out / "config.json")
+        tracked.log_artifact(out / "metrics.json")
+        tracked.finish()
+    if ctx.distributed:
+        torch.distributed.barrier()
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    spec: TaskSpec,
+    dataset: TaskDataset,
+    batch_size: int,
+    device: torch.device,
+    amp: bool = False,
+) -> dict[str, float]:
+    """The paper's metrics of ``model`` over a whole split (in order, no augmentation)."""
+    from msgfm.finetune.metrics import RegressionMetrics, SegmentationMetrics, multilabel_map
+
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    scores, targets = [], []
+    regression = RegressionMetrics()
+    segmentation = SegmentationMetrics(spec.num_outputs, spec.ignore_index or 255)
+    for batch in loader:
+        inputs = {s: x.to(device) for s, x in batch["inputs"].items()}
+        target = batch["target"].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            output = model(inputs).float()
+        if spec.kind == "classification":
+            scores.append(torch.sigmoid(output).cpu().numpy())
+            targets.append(target.cpu().numpy())
+        elif spec.kind == "regression":
+            regression.update(output.clamp(0.0, 1.0), target)
+        else:
+            segmentation.update(output, target)
+    model.train(was_training)
+    if spec.kind == "classification":
+        return multilabel_map(np.concatenate(scores), np.concatenate(targets).round())
+    if spec.kind == "regression":
+        return regression.compute()
+    return segmentation.compute()

@@ -1,0 +1,52 @@
+# Finetuning stage: shard sets + pretrained encoders -> one metrics.json per table cell
+# (task x training fraction x init x transfer method x seed; paper Tables 3, 5, 6).
+
+
+rule finetune_subset:
+    input:
+        SHARDS / "downstream" / "{task}",
+    output:
+        FINETUNE / "subsets" / "{task}" / "frac{fraction}_seed{seed}.txt",
+    log:
+        LOGS / "finetune" / "subsets" / "{task}_frac{fraction}_seed{seed}.log",
+    wildcard_constraints:
+        fraction=r"0\.[0-9]+(e-?[0-9]+)?|[0-9]e-[0-9]+",
+        seed=r"\d+",
+    conda:
+        "../envs/pretrain.yaml"
+    resources:
+        runtime=config["resources"]["tiling_runtime"],
+        mem_mb=config["resources"]["tiling_mem_mb"],
+    shell:
+        "python -m msgfm finetune-subset --shards {input} --out {output}"
+        " --fraction {wildcards.fraction} --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        FINETUNE / "{task}/{init}/{transfer}/frac{fraction}/seed{seed}/metrics.json",
+    log:
+        LOGS / "finetune" / "{task}" / "{init}_{transfer}_frac{fraction}_seed{seed}.log",
+    wildcard_constraints:
+        init="|".join([*VARIANTS, *sorted(FINETUNE_INITS)]),
+        transfer="stacked|shared",
+        fraction=r"[0-9.e-]+",
+        seed=r"\d+",
+    conda:
+        "../envs/pretrain.yaml"
+    threads: config["finetune"]["threads"]
+    resources:
+        gpu=config["finetune"]["gpus"],
+        runtime=config["resources"]["finetune_runtime"],
+        mem_mb=config["resources"]["finetune_mem_mb"],
+    params:
+        config=finetune_job_config,
+        out=lambda wildcards, output: Path(output[0]).parent,
+        # As in rules/pretrain.smk: the profile's GPU count is torchrun's process count.
+        launch=lambda wildcards, resources: launcher(resources.gpu),
+    # exec: the warning TERM must reach the training process, not a shell in between.
+    shell:
+        "exec {params.launch} --threads {threads} finetune --config-json {params.config:q}"
+        " --out {params.out} > {log} 2>&1"

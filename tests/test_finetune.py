@@ -1,0 +1,198 @@
+"""Finetuning jobs on demo shards: subsets, one short job per task, exact resume, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import msgfm.finetune.loop as loop
+from msgfm.data.shards import ShardSet
+from msgfm.data.tiling.downstream import tile_downstream
+from msgfm.errors import DataError
+from msgfm.finetune.data import TASKS, EpochBatchSampler, TaskDataset
+from msgfm.finetune.subsets import draw_subset, subset_file, train_split, write_subset
+from msgfm.train.preemption import Preempted
+
+TASK_OPTIONS = {"vaihingen": {"crop": 256, "stride": 128}}
+EXPECTED_METRICS = {
+    "bigearthnet": {"mAP_micro", "mAP_macro"},
+    "sen12ms_cr": {"MAE", "SAM", "SSIM", "PSNR"},
+    "spacenet2": {"MAE", "SAM", "SSIM", "PSNR"},
+    "vaihingen": {"mIoU", "mIoU5", "OA"},
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MLflow store for the module: creating its schema costs seconds per store."""
+    return tmp_path_factory.mktemp("finetune-results")
+
+
+@pytest.fixture(scope="module")
+def shards(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("downstream-shards")
+    for task in TASKS:
+        tile_downstream(task, demo_root, root / task, **TASK_OPTIONS.get(task, {}))
+    return root
+
+
+def job_config(shards: Path, results: Path, task: str = "bigearthnet", **settings: object) -> dict:
+    finetune = {
+        "epochs": 2, "batch_size": 4, "eval_batch_size": 8, "lr": 3e-4, "layer_decay": 0.9,
+        "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8, "warmup_epochs": 1,
+        "warmup_lr": 1e-5, "min_lr": 1e-5, "schedule": "cosine", "drop_path_rate": 0.1,
+        "clip_grad": 5.0, "img_size": 64, "data_size": 32, "amp": "bf16", "num_workers": 0,
+        "log_every": 1, "checkpoint_every": 100, "max_steps_per_epoch": 2, "device": "cpu",
+    }  # fmt: skip
+    finetune.update(settings)
+    return {
+        "task": task, "init": "random", "transfer": "stacked", "fraction": 1.0, "seed": 0,
+        "checkpoint": None, "subset": None, "shards": str(shards / task),
+        "model": {"preset": "demo"}, "finetune": finetune, "results_root": str(results),
+        "tracking_uri": None, "experiment": "msgfm-finetune-test",
+    }  # fmt: skip
+
+
+def untrained_encoder(path: Path, sensors: dict[str, int] | None = None) -> Path:
+    """A pretraining checkpoint as the pretrain job writes it (weights at init)."""
+    from msgfm.model.factory import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"preset": "demo", **({"sensors": sensors} if sensors else {})})
+    torch.save({"config": model.config, "model": model.state_dict()}, path)
+    return path
+
+
+def test_subsets_are_seeded_nested_and_without_replacement(shards, tmp_path):
+    ids = [f"patch{i}" for i in range(200)]
+    small, large = draw_subset(ids, 0.01, seed=3), draw_subset(ids, 0.1, seed=3)
+    assert len(small) == 2 and len(large) == 20 and len(set(large)) == 20
+    assert large[:2] == small  # nested within a seed
+    assert draw_subset(ids[::-1], 0.1, seed=3) == large  # independent of the index order
+    assert draw_subset(ids, 0.1, seed=4) != large
+    assert len(draw_subset(ids[:5], 0.01, seed=0)) == 1  # never empty
+    with pytest.raises(ValueError, match="fraction"):
+        draw_subset(ids, 0.0, seed=0)
+
+    out = subset_file(tmp_path / "subsets", "bigearthnet", 0.1, 0)
+    assert out.name == "frac0.1_seed0.txt"
+    write_subset(shards / "bigearthnet", out, 0.1, 0)
+    listed = [line for line in out.read_text().splitlines() if not line.startswith("#")]
+    train = train_split(shards / "bigearthnet", out)
+    assert len(train) == len(listed) == 2 and sorted(train.index["sample_id"]) == sorted(listed)
+    out.write_text("no-such-patch\n")
+    with pytest.raises(DataError, match="not in the train split"):
+        train_split(shards / "bigearthnet", out)
+
+
+def test_flips_are_seeded_shared_by_inputs_and_target_and_sampler_resumes(shards):
+    spec = TASKS["vaihingen"]
+    split = ShardSet(shards / "vaihingen").split("train")
+    plain = TaskDataset(spec, split, augment=False)[0]
+    flipped = TaskDataset(spec, split, augment=True, seed=0)
+    draws = []
+    for epoch in range(6):
+        flipped.set_epoch(epoch)
+        sample = flipped[0]
+        for dims in ([], [-1], [-2], [-1, -2]):
+            image, target = plain["inputs"]["rgb"], plain["target"]
+            if dims:
+                image, target = torch.flip(image, dims), torch.flip(target, dims)
+            if torch.equal(sample["inputs"]["rgb"], image):
+                assert torch.equal(sample["target"], target)
+                assert sample["inputs"]["dsm"].shape == plain["inputs"]["dsm"].shape
+                draws.append(tuple(dims))
+    assert len(draws) == 6 and len(set(draws)) > 1
+
+    sampler = EpochBatchSampler(10, 3, seed=1, rank=0, world_size=2)
+    other = EpochBatchSampler(10, 3, seed=1, rank=1, world_size=2)
+    sampler.set_epoch(2)
+    other.set_epoch(2)
+    mine, theirs = list(sampler), list(other)
+    assert sorted(i for b in mine + theirs for i in b) == list(range(10))
+    sampler.set_epoch(2, start_step=1)
+    assert list(sampler) == mine[1:]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_short_job_per_task_writes_test_metrics_and_an_mlflow_run(
+    shards, results, tmp_path, task
+):
+    out = tmp_path / "cell"
+    metrics = loop.run_finetuning(job_config(shards, results, task), out)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    assert EXPECTED_METRICS[task] <= set(written)
+    assert all(np.isfinite(written[k]) for k in EXPECTED_METRICS[task])
+    splits = ShardSet(shards / task).index["split"]
+    train_count, test_count = int((splits == "train").sum()), int((splits == "test").sum())
+    assert written["split"] == "test" and written["test_samples"] == test_count
+    assert written["steps"] == 2 * min(2, -(-train_count // 4))  # epochs x capped steps
+    assert written["task"] == task and written["seed"] == 0
+    assert json.loads((out / "config.json").read_text())["task"] == task
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{results}/mlflow.db")
+    run = client.get_run((out / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert (tags["task"], tags["fraction"], tags["variant"]) == (task, "1", "random")
+    assert (tags["transfer"], tags["seed"]) == ("stacked", "0")
+
+
+def test_a_pretrained_subset_job_with_method_1_runs(shards, results, tmp_path):
+    subset = write_subset(shards / "bigearthnet", tmp_path / "subset.txt", 0.1, 0)
+    config = job_config(shards, results, max_steps_per_epoch=None)
+    config.update(
+        init="t6_moe_cross50",
+        checkpoint=str(untrained_encoder(tmp_path / "encoder.pt")),
+        subset=str(subset),
+        fraction=0.1,
+        transfer="shared",
+    )
+    metrics = loop.run_finetuning(config, tmp_path / "cell")
+    assert metrics["train_samples"] == 2 and metrics["steps"] == 2  # 1 batch x 2 epochs
+    assert metrics["transfer"] == "shared" and metrics["init"] == "t6_moe_cross50"
+
+
+def test_a_preempted_job_resumes_to_identical_weights_and_metrics(
+    shards, results, tmp_path, monkeypatch
+):
+    config = job_config(shards, results, epochs=3, max_steps_per_epoch=3)
+    reference = loop.run_finetuning(config, tmp_path / "reference")
+
+    calls = {"n": 0}
+
+    def stop_at_step_4(flag: bool, ctx: object) -> bool:
+        calls["n"] += 1
+        return calls["n"] == 4
+
+    monkeypatch.setattr(loop, "broadcast_flag", stop_at_step_4)
+    with pytest.raises(Preempted, match="epoch 1 step 1"):
+        loop.run_finetuning(config, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.undo()
+    resumed = loop.run_finetuning(config, tmp_path / "resumed")
+    assert resumed == reference
+
+    def weights(name: str) -> dict[str, torch.Tensor]:
+        path = tmp_path / name / "checkpoints" / "last.pt"
+        return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+    expected, got = weights("reference"), weights("resumed")
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]), key
+
+
+def test_a_checkpoint_without_a_derivable_sensor_is_refused_by_name(shards, results, tmp_path):
+    encoder = untrained_encoder(tmp_path / "dsm_only.pt", sensors={"dsm": 1})
+    config = job_config(shards, results)
+    config.update(init="t6_moe_cross50", checkpoint=str(encoder))
+    with pytest.raises(ValueError, match=r"dsm_only\.pt: no patch embedding for sensor 's2'"):
+        loop.run_finetuning(config, tmp_path / "cell")

@@ -1,0 +1,285 @@
+"""`snakemake --profile slurm` against a real one-node SLURM cluster on this machine.
+
+workflow/scripts/slurm_localhost.sh installs (when missing) and starts munged, slurmctld and
+slurmd with a node that declares GPUs, so the profile's GPU requests go through sbatch for real.
+The profile is used literally (`--profile slurm` from the repository root) and a second profile
+layered on top only shrinks its sizes to this node. Skipped, with the reason, where SLURM cannot
+run (not root, no apt-get).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+import yte
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "workflow" / "scripts" / "slurm_localhost.sh"
+PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.v9+.yaml"
+NODE_GPUS = 2
+# The signal lead must stay below the demo's 10-minute runtimes, or jobs are warned at once.
+TEST_SIGNAL_LEAD_S = 60
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    "OMP_NUM_THREADS": "1",
+    "MSGFM_SLURM_GPUS": str(NODE_GPUS),
+}
+INTERRUPTED = {"t6_dense_self": "term", "t6_dense_cross50": "requeue"}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() != 0,
+        reason="needs root: installs slurm-wlm and starts SLURM's daemons",
+    ),
+]
+
+
+def slurm_cmd(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=ENV, capture_output=True, text=True, timeout=600
+    )
+    try:
+        if started.returncode == 3:
+            pytest.skip(f"SLURM cannot be installed here: {started.stderr.strip()}")
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop"], env=ENV, timeout=120, check=False)
+
+
+def tiny_profile(folder: Path) -> Path:
+    """The slurm profile's per-rule resources sized to this node, plus status polling by squeue.
+
+    Layered after `--profile slurm`: Snakemake replaces top-level keys, so set-resources is
+    derived from the real profile rather than restated.
+    """
+    real = yte.process_yaml(PROFILE.read_text(), require_use_yte=True)
+    per_rule = {}
+    for rule, resources in real["set-resources"].items():
+        shrunk = {**resources, "cpus_per_task": 1}
+        if "gpu" in resources:
+            shrunk["gpu"] = 1
+        if "slurm_extra" in resources:
+            shrunk["slurm_extra"] = re.sub(
+                r"@\d+", f"@{TEST_SIGNAL_LEAD_S}", resources["slurm_extra"]
+            )
+        per_rule[rule] = shrunk
+    profile = {
+        "set-resources": per_rule,
+        "default-resources": {**real["default-resources"], "mem_mb": 1000},
+        # Accounting is off on this cluster (MinJobAge keeps finished jobs in squeue).
+        "slurm-status-command": "squeue",
+        "slurm-init-seconds-before-status-checks": 2,
+        "slurm-keep-successful-logs": True,
+        "latency-wait": 5,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def snakemake_command(overrides: Path, results: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "snakemake", "--profile", "slurm", "--profile", str(overrides),
+        "--configfile", "config/demo.yaml",
+        "--config", f"results_root={results}", f"data_root={results}/data", *extra,
+    ]  # fmt: skip
+
+
+def jobs_of_run(output: str) -> dict[str, dict[str, str]]:
+    """scontrol's view of every job a Snakemake run submitted, by SLURM job id."""
+    run_id = re.search(r"SLURM run ID: (\S+)", output)
+    assert run_id, output[-2000:]
+    listing = slurm_cmd("squeue", "--states=all", "--noheader", "--format=%i", "--name", run_id[1])
+    jobs = {}
+    for job_id in listing.split():
+        fields = slurm_cmd("scontrol", "show", "job", job_id).split()
+        jobs[job_id] = dict(f.split("=", 1) for f in fields if "=" in f)
+    return jobs
+
+
+def running_job(variant: str) -> str | None:
+    """SLURM id of the variant's running pretraining job (the plugin puts the rule in --comment)."""
+    listing = slurm_cmd("squeue", "--noheader", "--states=RUNNING", "--format=%i|%k")
+    for line in listing.splitlines():
+        job_id, comment = line.split("|", 1)
+        if comment == f"rule_pretrain_wildcards_{variant}":
+            return job_id
+    return None
+
+
+def release_requeued(job_id: str) -> None:
+    """SLURM holds a requeued job back for two minutes (BeginTime); let it start at once."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = slurm_cmd("squeue", "--noheader", "--format=%T|%r", "--jobs", job_id).strip()
+        if state == "PENDING|BeginTime":
+            slurm_cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"requeued job {job_id} never came back as pending ({state})")
+
+
+def interrupt_while_training(results: Path, run: subprocess.Popen[str]) -> dict[str, str]:
+    """Interrupt each variant in INTERRUPTED once its job has logged a training step."""
+    done: dict[str, str] = {}
+    deadline = time.monotonic() + 600
+    while len(done) < len(INTERRUPTED) and run.poll() is None and time.monotonic() < deadline:
+        for variant, how in INTERRUPTED.items():
+            log = results / "logs" / "pretrain" / f"{variant}.log"
+            if variant in done or not log.is_file() or " step " not in log.read_text():
+                continue
+            job_id = running_job(variant)
+            if job_id is None:
+                continue
+            if how == "term":
+                # What SLURM sends before the time limit (slurm_extra) and on preemption.
+                slurm_cmd("scancel", "--signal=TERM", job_id)
+            else:
+                slurm_cmd("scontrol", "requeue", job_id)
+                release_requeued(job_id)
+            done[variant] = job_id
+        time.sleep(0.05)
+    missing = set(INTERRUPTED) - set(done)
+    assert not missing, f"never caught training, so never interrupted: {sorted(missing)}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(
+    cluster: None, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str, dict[str, str]]:
+    """Demo data, shards and two encoders through SLURM; both trainings interrupted mid-run.
+
+    A slice of the demo DAG (every rule up to pretraining): its finetuning cells take minutes
+    each on two cores, more than this test can spend.
+    """
+    base = tmp_path_factory.mktemp("slurm")
+    results = base / "results"
+    targets = [
+        results / "shards" / "downstream" / "bigearthnet",
+        *(results / "pretrain" / variant / "encoder.pt" for variant in INTERRUPTED),
+    ]
+    command = snakemake_command(tiny_profile(base / "profile"), results, "--", *map(str, targets))
+    started = time.monotonic()
+    with (
+        (base / "snakemake.log").open("w+") as log,
+        subprocess.Popen(
+            command, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True
+        ) as run,
+    ):
+        try:
+            job_ids = interrupt_while_training(results, run)
+            run.wait(timeout=900)
+        finally:
+            run.kill()
+        log.seek(0)
+        output = log.read()
+    print(f"slice of the demo DAG through SLURM: {time.monotonic() - started:.0f} s")
+    assert run.returncode == 0, output[-5000:]
+    return results, output, job_ids
+
+
+def test_demo_slice_runs_through_the_slurm_profile(
+    interrupted_run: tuple[Path, str, dict[str, str]],
+) -> None:
+    results, output, job_ids = interrupted_run
+    for source in ("geopile", "millionaid", "sen12ms", "mdas"):
+        assert (results / "shards" / "pretrain" / source / "index.parquet").is_file(), source
+    assert (results / "shards" / "downstream" / "bigearthnet" / "index.parquet").is_file()
+    jobs = jobs_of_run(output)
+    rules = {job["Comment"].split("_wildcards_")[0] for job in jobs.values()}
+    assert rules == {"rule_make_demo_data", "rule_tile_pretrain", "rule_tile_downstream",
+                     "rule_pretrain"}  # fmt: skip
+    # The TERM-ed job failed (its training exited 75) and was resubmitted; the requeued one
+    # ran twice under its own id. Everything else went through once.
+    failed = {job_id for job_id, job in jobs.items() if job["JobState"] != "COMPLETED"}
+    assert failed == {job_ids["t6_dense_self"]}, {j: jobs[j]["JobState"] for j in failed}
+    assert jobs[job_ids["t6_dense_cross50"]]["Restarts"] == "1"
+    for job in jobs.values():
+        if job["Comment"].startswith("rule_pretrain_"):
+            # One task holding the GPU; torchrun (not SLURM) starts one process per GPU.
+            assert job["TresPerJob"] == "gres:gpu:1" and job["NumTasks"] == "1", job
+
+
+@pytest.mark.parametrize("variant", sorted(INTERRUPTED))
+def test_interrupted_pretraining_resumes_to_the_same_weights(
+    interrupted_run: tuple[Path, str, dict[str, str]], variant: str
+) -> None:
+    """Reference: the same job run locally, uninterrupted, on a copy of the shards."""
+    results, _, job_ids = interrupted_run
+    resumed_at = re.search(
+        r"resuming at epoch (\d+) step (\d+)",
+        (results / "logs" / "pretrain" / f"{variant}.log").read_text(),
+    )
+    assert resumed_at, f"{variant} (SLURM job {job_ids[variant]}) restarted from scratch"
+    assert (int(resumed_at[1]), int(resumed_at[2])) != (0, 0)
+    reference = results.parent / f"reference-{variant}"
+    for part in ("data", "shards"):
+        shutil.copytree(results / part, reference / part)
+    local = subprocess.run(
+        [
+            sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "config/demo.yaml",
+            "--config", f"results_root={reference}", f"data_root={reference}/data",
+            "--", str(reference / "pretrain" / variant / "encoder.pt"),
+        ],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr[-3000:]
+    got = torch.load(results / "pretrain" / variant / "encoder.pt", map_location="cpu")
+    want = torch.load(reference / "pretrain" / variant / "encoder.pt", map_location="cpu")
+    assert_same_tensors(got, want)
+
+
+def assert_same_tensors(got: object, want: object, where: str = "encoder") -> None:
+    if isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and torch.equal(got, want), where
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for key in want:
+            assert_same_tensors(got[key], want[key], f"{where}.{key}")
+
+
+def test_a_multi_gpu_job_runs_its_command_once(cluster: None, tmp_path: Path) -> None:
+    """With N GPUs the plugin asks for one task: the rule (torchrun) starts the N processes.
+
+    Releases before 2.7.1 asked for one task per GPU, and srun ran the whole job N times.
+    """
+    (tmp_path / "Snakefile").write_text(
+        "rule pretrain:\n"
+        "    output: 'launches.txt'\n"
+        "    resources: runtime=5\n"
+        "    shell: 'echo $SLURM_JOB_ID >> {output}'\n"
+    )
+    overrides = tiny_profile(tmp_path / "profile")
+    profile = yaml.safe_load((overrides / "config.yaml").read_text())
+    profile["set-resources"]["pretrain"]["gpu"] = NODE_GPUS
+    (overrides / "config.yaml").write_text(yaml.safe_dump(profile))
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "snakemake", "--profile", "slurm", "--profile", str(overrides),
+            "--snakefile", str(tmp_path / "Snakefile"), "--directory", str(tmp_path),
+        ],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (job_id,) = (tmp_path / "launches.txt").read_text().split()
+    job = jobs_of_run(result.stdout + result.stderr)[job_id]
+    assert job["TresPerJob"] == f"gres:gpu:{NODE_GPUS}" and job["NumTasks"] == "1", job

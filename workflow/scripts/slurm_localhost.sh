@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# A one-node SLURM cluster on this machine, for testing `snakemake --profile slurm` for real.
+#
+#   bash workflow/scripts/slurm_localhost.sh start   # install if missing, configure, start, wait
+#   bash workflow/scripts/slurm_localhost.sh stop    # stop the daemons this script started
+#
+# Needs root and Debian's packages (slurm-wlm 22.05, munge), installed with apt-get when missing.
+# No systemd is assumed: munged, slurmctld and slurmd are started by hand. The node declares
+# MSGFM_SLURM_GPUS (default 2) GPUs as a count-only gres backed by placeholder files, so that jobs
+# asking for GPUs (`--gpus=N`) are scheduled on a machine without any; the jobs themselves run on
+# the CPU. Accounting is off: the executor plugin must poll with `squeue` (MinJobAge below keeps
+# finished jobs visible to it long enough). An /etc/slurm/slurm.conf that this script did not
+# write is never touched: on a real cluster node the script refuses to run. Exit status 3 means
+# SLURM is missing and cannot be installed here (callers may skip); any other failure is an error.
+set -euo pipefail
+
+MARK="# written by msgfm workflow/scripts/slurm_localhost.sh"
+CONF_DIR=/etc/slurm
+RUN_DIR=/run/msgfm-slurm
+GPUS=${MSGFM_SLURM_GPUS:-2}
+
+die() {
+    echo "slurm_localhost: $*" >&2
+    exit "${2:-1}"
+}
+
+install_packages() {
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
+        && command -v sbatch >/dev/null && command -v munged >/dev/null && return
+    command -v apt-get >/dev/null || die "slurm-wlm and munge are missing and apt-get is not available" 3
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null \
+        || { apt-get update >/dev/null && apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null; } \
+        || die "apt-get could not install slurm-wlm and munge" 3
+}
+
+write_config() {
+    if [ -f "$CONF_DIR/slurm.conf" ] && ! grep -qF "$MARK" "$CONF_DIR/slurm.conf"; then
+        die "$CONF_DIR/slurm.conf exists and was not written by this script; refusing to replace it"
+    fi
+    local node cpus mem
+    node=$(hostname -s)
+    cpus=$(nproc)
+    # Leave a quarter of the memory to the daemons and the submitting Snakemake.
+    mem=$(awk '/MemTotal/ {print int($2 / 1024 * 3 / 4)}' /proc/meminfo)
+    mkdir -p "$CONF_DIR" "$RUN_DIR" /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
+    # slurmd checks that every gres File exists; one placeholder per declared GPU.
+    for ((i = 0; i < GPUS; i++)); do touch "$RUN_DIR/gpu$i"; done
+    # /etc/slurm is where SLURM looks without SLURM_CONF; the jobstep plugin drops SLURM_CONF
+    # before its inner srun, so another location would not reach the jobs' steps.
+    cat >"$CONF_DIR/slurm.conf" <<EOF
+$MARK
+ClusterName=msgfm-localhost
+SlurmctldHost=$node(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation=/var/lib/slurm/slurmctld
+SlurmdSpoolDir=/var/lib/slurm/slurmd
+SlurmctldPidFile=$RUN_DIR/slurmctld.pid
+SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+# No cgroups in a container: track processes by parent id, no task binding.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1000
+GresTypes=gpu
+ReturnToService=2
+# Finished jobs stay visible to squeue for 10 minutes (the plugin asks for >= 3x its first
+# status-check delay before it trusts squeue).
+MinJobAge=600
+KillWait=30
+SchedulerParameters=sched_interval=2
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
+PartitionName=main Nodes=$node Default=YES MaxTime=INFINITE State=UP
+EOF
+    cat >"$CONF_DIR/gres.conf" <<EOF
+$MARK
+AutoDetect=off
+NodeName=$node Name=gpu File=$RUN_DIR/gpu[0-$((GPUS - 1))]
+EOF
+}
+
+start_daemons() {
+    mkdir -p /run/munge
+    chown munge:munge /run/munge
+    [ -s /etc/munge/munge.key ] || die "/etc/munge/munge.key is missing (the munge package makes it)"
+    if ! munge -n >/dev/null 2>&1; then
+        runuser -u munge -- /usr/sbin/munged
+        # Ours to stop later (a munged that was already running is left alone).
+        cp /run/munge/munged.pid "$RUN_DIR/munged.pid"
+    fi
+    pgrep -F "$RUN_DIR/slurmctld.pid" >/dev/null 2>&1 || /usr/sbin/slurmctld -c
+    pgrep -F "$RUN_DIR/slurmd.pid" >/dev/null 2>&1 || /usr/sbin/slurmd -c
+    local state=""
+    for _ in $(seq 60); do
+        state=$(sinfo --noheader --format=%t 2>/dev/null || true)
+        [ "$state" = "idle" ] && return
+        if [ "$state" = "inval" ] || [ "$state" = "drain" ]; then break; fi
+        sleep 0.5
+    done
+    die "node did not become idle (state: '${state:-no answer}'); see /var/log/slurm/"
+}
+
+stop_daemons() {
+    local daemon pid
+    # Jobs first: their slurmstepd processes outlive slurmd.
+    if [ -f "$RUN_DIR/slurmctld.pid" ] && scancel --full --user "$(id -un)" 2>/dev/null; then
+        for _ in $(seq 60); do
+            [ -z "$(squeue --noheader --states=RUNNING,COMPLETING,PENDING 2>/dev/null)" ] && break
+            sleep 0.5
+        done
+    fi
+    for daemon in slurmd slurmctld munged; do
+        [ -f "$RUN_DIR/$daemon.pid" ] || continue
+        pid=$(cat "$RUN_DIR/$daemon.pid")
+        if kill "$pid" 2>/dev/null; then
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        fi
+        rm -f "$RUN_DIR/$daemon.pid"
+    done
+}
+
+case "${1:-}" in
+start)
+    [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts daemons)"
+    install_packages
+    write_config
+    start_daemons
+    echo "slurm_localhost: node $(hostname -s) idle ($(nproc) CPUs, $GPUS GPUs declared)"
+    ;;
+stop)
+    stop_daemons
+    ;;
+*)
+    die "usage: $0 start|stop"
+    ;;
+esac
