@@ -94,6 +94,12 @@ def git_commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def read_run_id(state_dir: str | Path) -> str | None:
+    """The MLflow run id a job recorded in its folder (None before its first run)."""
+    id_file = Path(state_dir) / RUN_ID_FILE
+    return json.loads(id_file.read_text())["run_id"] if id_file.is_file() else None
+
+
 class TrackedRun:
     """One MLflow run per training job, resumed by id after a requeue (same config only).
 

@@ -15,6 +15,7 @@ from msgfm.data.tiling.downstream import tile_downstream
 from msgfm.errors import DataError
 from msgfm.finetune.data import TASKS, EpochBatchSampler, TaskDataset
 from msgfm.finetune.subsets import draw_subset, subset_file, train_split, write_subset
+from msgfm.tracking import read_run_id
 from msgfm.train.preemption import Preempted
 
 TASK_OPTIONS = {"vaihingen": {"crop": 256, "stride": 128}}
@@ -138,7 +139,7 @@ def test_a_short_job_per_task_writes_test_metrics_and_an_mlflow_run(
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{results}/mlflow.db")
-    run = client.get_run((out / "mlflow_run_id").read_text().strip())
+    run = client.get_run(read_run_id(out))
     assert run.info.status == "FINISHED"
     tags = run.data.tags
     assert (tags["task"], tags["fraction"], tags["variant"]) == (task, "1", "random")
