@@ -31,6 +31,7 @@ from msgfm.pretrain.teachers import (
     render_rgb,
     teacher_for_variant,
 )
+from msgfm.train import runner
 from msgfm.train.preemption import Preempted
 
 # Small random stand-ins of the paper's teachers, at the demo's 64 px.
@@ -290,12 +291,11 @@ def test_a_preempted_distill_job_resumes_to_identical_weights(shards, tmp_path, 
     config = _variant_config(shards, tmp_path, "distill", CLIP, CLIP_SMALL)
     run_pretraining(config, tmp_path / "reference")
     calls = iter(range(100))
-    real_flag = loop.broadcast_flag
     # A SIGTERM seen at the 3rd step: checkpoint there, stop, then resume in a new "attempt".
-    monkeypatch.setattr(loop, "broadcast_flag", lambda flag, ctx: next(calls) == 2)
+    monkeypatch.setattr(runner, "broadcast_flag", lambda flag, ctx: next(calls) == 2)
     with pytest.raises(Preempted):
         run_pretraining(config, tmp_path / "resumed")
-    monkeypatch.setattr(loop, "broadcast_flag", real_flag)
+    monkeypatch.undo()
     assert not (tmp_path / "resumed" / "encoder.pt").exists()
     run_pretraining(config, tmp_path / "resumed")
     load = lambda run: torch.load(tmp_path / run / "encoder.pt", weights_only=True)["model"]  # noqa: E731

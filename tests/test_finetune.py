@@ -16,6 +16,7 @@ from msgfm.errors import DataError
 from msgfm.finetune.data import TASKS, EpochBatchSampler, TaskDataset
 from msgfm.finetune.subsets import draw_subset, subset_file, train_split, write_subset
 from msgfm.tracking import read_run_id
+from msgfm.train import runner
 from msgfm.train.preemption import Preempted
 
 TASK_OPTIONS = {"vaihingen": {"crop": 256, "stride": 128}}
@@ -173,13 +174,17 @@ def test_a_preempted_job_resumes_to_identical_weights_and_metrics(
         calls["n"] += 1
         return calls["n"] == 4
 
-    monkeypatch.setattr(loop, "broadcast_flag", stop_at_step_4)
+    monkeypatch.setattr(runner, "broadcast_flag", stop_at_step_4)
     with pytest.raises(Preempted, match="epoch 1 step 1"):
         loop.run_finetuning(config, tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "metrics.json").exists()
     monkeypatch.undo()
     resumed = loop.run_finetuning(config, tmp_path / "resumed")
-    assert resumed == reference
+    cost = "device_hours"  # wall-clock time: the one thing a rerun may not reproduce
+    assert {k: v for k, v in resumed.items() if k != cost} == {
+        k: v for k, v in reference.items() if k != cost
+    }
+    assert resumed[cost] > 0
 
     def weights(name: str) -> dict[str, torch.Tensor]:
         path = tmp_path / name / "checkpoints" / "last.pt"

@@ -17,11 +17,7 @@ last (the workflow's output: its presence means the cell is complete).
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,24 +32,12 @@ from msgfm.finetune.data import EpochBatchSampler, TaskDataset, TaskSpec, collat
 from msgfm.finetune.subsets import format_fraction, train_split
 from msgfm.model.factory import resolve_config
 from msgfm.tracking import TrackedRun, config_hash, git_commit, resolve_tracking_uri
-from msgfm.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint, unwrap
-from msgfm.train.distributed import (
-    DistContext,
-    all_reduce_mean,
-    broadcast_flag,
-    cleanup_distributed,
-    init_distributed,
-)
+from msgfm.train.checkpoint import TrainPosition, unwrap
+from msgfm.train.distributed import DistContext, cleanup_distributed, init_distributed
 from msgfm.train.optim import build_optimizer, build_scheduler
-from msgfm.train.preemption import Preempted, PreemptionWatcher
+from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_json(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def run_finetuning(cfg: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
@@ -112,7 +96,7 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
     chash = config_hash(cfg)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_json(out / "config.json", cfg)
+        write_json_atomic(out / "config.json", cfg)
 
     shards = ShardSet(cfg["shards"])
     train = train_split(cfg["shards"], cfg.get("subset"))
@@ -125,15 +109,8 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
     steps_per_epoch = sampler.steps_per_epoch
     if settings.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(settings["max_steps_per_epoch"]))
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=int(settings["num_workers"]),
-        # A private generator: worker seeding must not consume the global RNG, whose state a
-        # resumed run restores from the checkpoint.
-        generator=torch.Generator().manual_seed(seed),
-        pin_memory=ctx.device.type == "cuda",
+    loader = make_loader(
+        dataset, sampler, collate, workers=int(settings["num_workers"]), seed=seed, ctx=ctx
     )
 
     from msgfm.finetune.model import layer_decay_groups
@@ -159,20 +136,6 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
         warmup_lr=float(settings["warmup_lr"]),
         min_lr=float(settings["min_lr"]),
     )
-    ckpt_dir = out / "checkpoints"
-    resumed = load_checkpoint(
-        ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler, config_hash=chash
-    )
-    position = resumed[0] if resumed else TrainPosition()
-    if resumed:
-        log.info("resuming at epoch %d step %d", position.epoch, position.step)
-    train_model: nn.Module = model
-    if ctx.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
     fraction = format_fraction(cfg["fraction"])
     tracked = TrackedRun(
         uri=resolve_tracking_uri(cfg.get("tracking_uri"), cfg["results_root"]),
@@ -193,80 +156,33 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
         config_hash=chash,
         enabled=ctx.is_main,
     )
+    trainer = Trainer(
+        model=model, train_model=wrap_ddp(model, ctx), optimizer=optimizer, scheduler=scheduler,
+        loader=loader, ctx=ctx, tracked=tracked, checkpoint_dir=out / "checkpoints",
+        config_hash=chash, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        clip_grad=float(settings["clip_grad"]), log_every=int(settings["log_every"]),
+        checkpoint_every=int(settings["checkpoint_every"]),
+    )  # fmt: skip
+    trainer.resume()
     loss_fn = task_loss(spec)
     amp = settings.get("amp", "bf16") == "bf16" and ctx.device.type == "cuda"
-    log_every, ckpt_every = int(settings["log_every"]), int(settings["checkpoint_every"])
-    total_steps = epochs * steps_per_epoch
 
-    def checkpoint() -> None:
-        if ctx.is_main:
-            save_checkpoint(
-                ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                position=position, config_hash=chash,
-            )  # fmt: skip
-        if ctx.distributed:
-            torch.distributed.barrier()
+    def step(batch: Any, position: TrainPosition) -> tuple[torch.Tensor, dict[str, Any], int]:
+        inputs = {s: x.to(ctx.device, non_blocking=True) for s, x in batch["inputs"].items()}
+        target = batch["target"].to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+            output = trainer.train_model(inputs)
+        task = loss_fn(output.float(), target)
+        # The MoE balancing loss keeps routing balanced in finetuning too (Swin-MoE).
+        aux = model.aux_loss()
+        return (
+            task + aux_weight * aux,
+            {"task_loss": task.detach(), "aux": aux.detach()},
+            len(target),
+        )
 
-    last: dict[str, float] = {}
-    with PreemptionWatcher() as watcher:
-        while position.epoch < epochs:
-            sampler.set_epoch(position.epoch, start_step=position.step)
-            dataset.set_epoch(position.epoch)
-            train_model.train()
-            window_start, window_steps, window_samples = time.perf_counter(), 0, 0
-            for batch in loader:
-                if position.step >= steps_per_epoch:
-                    break
-                inputs = {
-                    s: x.to(ctx.device, non_blocking=True) for s, x in batch["inputs"].items()
-                }
-                target = batch["target"].to(ctx.device, non_blocking=True)
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-                    output = train_model(inputs)
-                # The MoE balancing loss keeps routing balanced in finetuning too (Swin-MoE).
-                loss = loss_fn(output.float(), target) + aux_weight * model.aux_loss()
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(
-                        f"non-finite loss {loss.item()} at epoch {position.epoch} step "
-                        f"{position.step} of {cfg['task']}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), settings["clip_grad"])
-                optimizer.step()
-                position.step += 1
-                position.global_step += 1
-                scheduler.step_update(position.global_step)
-                window_steps += 1
-                window_samples += len(target)
-                if position.global_step % log_every == 0 or position.global_step == total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    last = {
-                        "train_loss": float(all_reduce_mean(loss.detach(), ctx)),
-                        "grad_norm": float(grad_norm),
-                        "lr": max(group["lr"] for group in optimizer.param_groups),
-                        "samples_per_s": window_samples * ctx.world_size / max(elapsed, 1e-9),
-                    }
-                    tracked.log_metrics(last, step=position.global_step)
-                    if ctx.is_main:
-                        log.info(
-                            "epoch %d step %d/%d loss %.4f",
-                            position.epoch, position.step, steps_per_epoch, last["train_loss"],
-                        )  # fmt: skip
-                    window_start, window_steps, window_samples = time.perf_counter(), 0, 0
-                stop = broadcast_flag(watcher.triggered, ctx)
-                if stop or position.global_step % ckpt_every == 0:
-                    checkpoint()
-                if stop:
-                    tracked.finish("KILLED")
-                    raise Preempted(
-                        f"stopped by signal at epoch {position.epoch} step {position.step}; "
-                        f"checkpoint in {ckpt_dir}"
-                    )
-            position.epoch += 1
-            position.step = 0
-            tracked.log_metrics({"epoch": position.epoch}, step=position.global_step)
-        checkpoint()
+    last = trainer.run(step)
+    position = trainer.position
 
     metrics: dict[str, Any] = {}
     if ctx.is_main:
@@ -278,9 +194,10 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
             "fraction": float(cfg["fraction"]), "seed": seed, "split": "test",
             "train_samples": len(train), "test_samples": len(test),
             "epochs": epochs, "steps": position.global_step, "img_size": model.input_size,
-            "train_loss": last.get("train_loss"), "config_hash": chash, **scores,
+            "train_loss": last.get("task_loss"), "device_hours": last["device_hours"],
+            "config_hash": chash, **scores,
         }  # fmt: skip
-        _atomic_json(out / "metrics.json", metrics)
+        write_json_atomic(out / "metrics.json", metrics)
         tracked.log_artifact(out / "config.json")
         tracked.log_artifact(out / "metrics.json")
         tracked.finish()

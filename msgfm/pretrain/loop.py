@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from msgfm.data.loader import MultiSourceBatchSampler, MultiSourceDataset, collate_multisource
 from msgfm.data.shards import ShardSet
@@ -42,16 +39,10 @@ from msgfm.pretrain.figures import save_reconstruction_figure
 from msgfm.pretrain.reconstruct import reconstruction_examples
 from msgfm.pretrain.teachers import add_teacher_targets, model_overrides, teacher_for_variant
 from msgfm.tracking import TrackedRun, config_hash, git_commit, resolve_tracking_uri
-from msgfm.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint, unwrap
-from msgfm.train.distributed import (
-    DistContext,
-    all_reduce_mean,
-    broadcast_flag,
-    cleanup_distributed,
-    init_distributed,
-)
+from msgfm.train.checkpoint import TrainPosition, unwrap
+from msgfm.train.distributed import DistContext, cleanup_distributed, init_distributed
 from msgfm.train.optim import build_optimizer, build_scheduler, param_groups
-from msgfm.train.preemption import Preempted, PreemptionWatcher
+from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +89,6 @@ def moe_metrics(model: torch.nn.Module) -> dict[str, float]:
     }
 
 
-def _atomic_json(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def run_pretraining(cfg: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Train one variant; returns the final metrics. Raises Preempted after a checkpoint."""
     out = Path(out_dir)
@@ -121,7 +106,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
     chash = config_hash(cfg)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_json(out / "config.json", cfg)
+        write_json_atomic(out / "config.json", cfg)
 
     specs = source_specs(pre)
     sets, sensors = open_sources(specs, Path(cfg["shards_root"]))
@@ -136,15 +121,8 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
     steps_per_epoch = sampler.steps_per_epoch
     if pre.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(pre["max_steps_per_epoch"]))
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_multisource,
-        num_workers=int(pre["num_workers"]),
-        # A private generator: worker seeding must not consume the global RNG, whose state
-        # (MoE gate noise) a resumed run restores from the checkpoint.
-        generator=torch.Generator().manual_seed(seed),
-        pin_memory=ctx.device.type == "cuda",
+    loader = make_loader(
+        dataset, sampler, collate_multisource, workers=int(pre["num_workers"]), seed=seed, ctx=ctx
     )
 
     # Frozen, never wrapped in DDP, built before the model from its own seeded RNG.
@@ -174,21 +152,6 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         min_lr=float(pre["min_lr"]),
         milestones=pre.get("milestones", {}).get(str(epochs), []),
     )
-    ckpt_dir = out / "checkpoints"
-    resumed = load_checkpoint(
-        ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler, config_hash=chash
-    )
-    position = resumed[0] if resumed else TrainPosition()
-    if resumed:
-        log.info("resuming at epoch %d step %d", position.epoch, position.step)
-    train_model: torch.nn.Module = model
-    if ctx.distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
-    weights = loss_weights(specs)
     tracked = TrackedRun(
         uri=resolve_tracking_uri(cfg.get("tracking_uri"), cfg["results_root"]),
         experiment=cfg.get("experiment", "msgfm-pretrain"),
@@ -209,87 +172,35 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         config_hash=chash,
         enabled=ctx.is_main,
     )
+    trainer = Trainer(
+        model=model, train_model=wrap_ddp(model, ctx), optimizer=optimizer, scheduler=scheduler,
+        loader=loader, ctx=ctx, tracked=tracked, checkpoint_dir=out / "checkpoints",
+        config_hash=chash, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        clip_grad=float(pre["clip_grad"]), log_every=int(pre["log_every"]),
+        checkpoint_every=int(pre["checkpoint_every"]), extra_metrics=lambda: moe_metrics(model),
+    )  # fmt: skip
+    trainer.resume()
+    weights = loss_weights(specs)
     amp = pre.get("amp", "bf16") == "bf16" and ctx.device.type == "cuda"
-    log_every, ckpt_every = int(pre["log_every"]), int(pre["checkpoint_every"])
-    total_steps = epochs * steps_per_epoch
-    samples_per_step = sum(s.batch_size for s in specs) * ctx.world_size
 
-    def checkpoint() -> None:
-        if ctx.is_main:
-            save_checkpoint(
-                ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                position=position, config_hash=chash,
-            )  # fmt: skip
-        if ctx.distributed:
-            torch.distributed.barrier()
+    def step(raw: Any, position: TrainPosition) -> tuple[torch.Tensor, dict[str, Any], int]:
+        entries, entry_weights = make_entries(
+            raw,
+            mask_generator=mask_generator,
+            cross_rate=float(variant["cross_rate"]),
+            seed=seed,
+            epoch=position.epoch,
+            weights=weights,
+            device=ctx.device,
+        )
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+            if teacher is not None:
+                add_teacher_targets(entries, teacher, objective, mask_generator.cells_per_side)
+            loss, parts = trainer.train_model(entries, entry_weights)
+        return loss, parts, sum(len(e["image"]) for e in entries.values())
 
-    last: dict[str, float] = {}
-    with PreemptionWatcher() as watcher:
-        while position.epoch < epochs:
-            sampler.set_epoch(position.epoch, start_step=position.step)
-            dataset.set_epoch(position.epoch)
-            window_start, window_steps = time.perf_counter(), 0
-            for raw in loader:
-                if position.step >= steps_per_epoch:
-                    break
-                entries, entry_weights = make_entries(
-                    raw,
-                    mask_generator=mask_generator,
-                    cross_rate=float(variant["cross_rate"]),
-                    seed=seed,
-                    epoch=position.epoch,
-                    weights=weights,
-                    device=ctx.device,
-                )
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-                    if teacher is not None:
-                        add_teacher_targets(
-                            entries, teacher, objective, mask_generator.cells_per_side
-                        )
-                    loss, parts = train_model(entries, entry_weights)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(
-                        f"non-finite loss {loss.item()} at epoch {position.epoch} step "
-                        f"{position.step}; components { ({k: float(v) for k, v in parts.items()}) }"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), pre["clip_grad"])
-                optimizer.step()
-                position.step += 1
-                position.global_step += 1
-                scheduler.step_update(position.global_step)
-                window_steps += 1
-                if position.global_step % log_every == 0 or position.global_step == total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    last = {k: float(all_reduce_mean(v.float(), ctx)) for k, v in parts.items()}
-                    last.update(moe_metrics(model))
-                    last["grad_norm"] = float(grad_norm)
-                    last["lr"] = optimizer.param_groups[0]["lr"]
-                    last["samples_per_s"] = window_steps * samples_per_step / max(elapsed, 1e-9)
-                    tracked.log_metrics(last, step=position.global_step)
-                    if ctx.is_main:
-                        log.info(
-                            "epoch %d step %d/%d loss %.4f %.1f samples/s",
-                            position.epoch, position.step, steps_per_epoch,
-                            last["loss"], last["samples_per_s"],
-                        )  # fmt: skip
-                    window_start, window_steps = time.perf_counter(), 0
-                stop = broadcast_flag(watcher.triggered, ctx)
-                if stop or position.global_step % ckpt_every == 0:
-                    checkpoint()
-                if stop:
-                    tracked.finish("KILLED")
-                    raise Preempted(
-                        f"stopped by signal at epoch {position.epoch} step {position.step}; "
-                        f"checkpoint in {ckpt_dir}"
-                    )
-            position.epoch += 1
-            position.step = 0
-            tracked.log_metrics({"epoch": position.epoch}, step=position.global_step)
-        checkpoint()
-
-    metrics = {"variant": variant["name"], "steps": position.global_step, **last}
+    last = trainer.run(step)
+    metrics = {"variant": variant["name"], "steps": trainer.position.global_step, **last}
     if ctx.is_main:
         _finish_outputs(cfg, out, model, dataset, mask_generator, tracked, metrics)
     return metrics
@@ -324,7 +235,7 @@ def _finish_outputs(
             title=f"{cfg['variant']['name']}: {key}",
         )
         tracked.log_artifact(path, "figures")
-    _atomic_json(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics)
     tracked.log_artifact(out / "config.json")
     tracked.log_artifact(out / "metrics.json")
     encoder = out / "encoder.pt"

@@ -1,0 +1,200 @@
+"""The resumable training loop that pretraining and finetuning jobs share.
+
+A job builds its data, model and optimiser, then hands a :class:`Trainer` a ``step``
+function (one forward pass: loss, metrics to log, samples seen). The trainer owns what must
+be identical everywhere: resuming from ``checkpoints/last.pt`` at the exact step, gradient
+clipping, the per-iteration schedule, logging averaged over ranks, periodic checkpoints, and
+turning SIGTERM/SIGUSR1 into a checkpoint plus :class:`Preempted` on every rank at once.
+It also accumulates the job's device-hours across resumptions, the cost the tables report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from msgfm.tracking import TrackedRun
+from msgfm.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint
+from msgfm.train.distributed import DistContext, all_reduce_mean, broadcast_flag
+from msgfm.train.preemption import Preempted, PreemptionWatcher
+
+log = logging.getLogger(__name__)
+
+# One forward pass: (loss to minimise, detached metrics to log, samples in this rank's batch).
+StepFn = Callable[[Any, TrainPosition], tuple[torch.Tensor, Mapping[str, torch.Tensor], int]]
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def make_loader(
+    dataset: Dataset, batch_sampler: Any, collate: Callable, *, workers: int, seed: int,
+    ctx: DistContext,
+) -> DataLoader:  # fmt: skip
+    """A DataLoader whose worker seeding draws from a private generator: drawing from the
+    global RNG would shift the MoE gate noise that a resumed run restores."""
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=ctx.device.type == "cuda",
+    )
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """DDP around the model on several ranks. Unused parameters are expected: a step without
+    an entry for some sensor leaves its stem and decoder without gradients."""
+    if not ctx.distributed:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+        find_unused_parameters=True,
+    )
+
+
+@dataclass
+class Trainer:
+    """Runs the remaining epochs of one job from wherever its checkpoint left off."""
+
+    model: nn.Module  # the bare model: checkpointed, clipped
+    train_model: nn.Module  # what the step calls (DDP-wrapped on several ranks)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: DataLoader
+    ctx: DistContext
+    tracked: TrackedRun
+    checkpoint_dir: Path
+    config_hash: str
+    epochs: int
+    steps_per_epoch: int
+    clip_grad: float
+    log_every: int
+    checkpoint_every: int
+    extra_metrics: Callable[[], Mapping[str, float]] = dict
+    position: TrainPosition = field(default_factory=TrainPosition)
+    device_seconds: float = 0.0
+
+    def resume(self) -> None:
+        """Load the checkpoint written under this config, if any (else start at step 0)."""
+        resumed = load_checkpoint(
+            self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
+            scheduler=self.scheduler, config_hash=self.config_hash,
+        )  # fmt: skip
+        if resumed:
+            self.position, extra = resumed
+            self.device_seconds = float(extra.get("device_seconds", 0.0))
+            log.info("resuming at epoch %d step %d", self.position.epoch, self.position.step)
+
+    @property
+    def device_hours(self) -> float:
+        """Wall time × processes (GPUs on a cluster) spent training, over all attempts."""
+        return self.device_seconds * self.ctx.world_size / 3600.0
+
+    def checkpoint(self) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(
+                self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
+                scheduler=self.scheduler, position=self.position, config_hash=self.config_hash,
+                extra={"device_seconds": self.device_seconds},
+            )  # fmt: skip
+        if self.ctx.distributed:
+            torch.distributed.barrier()
+
+    def run(self, step: StepFn) -> dict[str, float]:
+        """Train to the end; returns the last logged metrics. Raises Preempted on a signal."""
+        sampler, dataset = self.loader.batch_sampler, self.loader.dataset
+        position, last = self.position, {}
+        with PreemptionWatcher() as watcher:
+            while position.epoch < self.epochs:
+                sampler.set_epoch(position.epoch, start_step=position.step)
+                dataset.set_epoch(position.epoch)
+                self.train_model.train()
+                clock = window_start = time.perf_counter()
+                window_samples = 0
+                for batch in self.loader:
+                    if position.step >= self.steps_per_epoch:
+                        break
+                    loss, parts, grad_norm, samples = self._optimise(step, batch)
+                    window_samples += samples
+                    now = time.perf_counter()
+                    self.device_seconds += now - clock
+                    clock = now
+                    if self._due(self.log_every) or position.step == self.steps_per_epoch:
+                        last = self._log(loss, parts, grad_norm, window_samples, now - window_start)
+                        window_start, window_samples = time.perf_counter(), 0
+                    stop = broadcast_flag(watcher.triggered, self.ctx)
+                    if stop or self._due(self.checkpoint_every):
+                        self.checkpoint()
+                    if stop:
+                        self.tracked.finish("KILLED")
+                        raise Preempted(
+                            f"stopped by signal at epoch {position.epoch} step {position.step}; "
+                            f"checkpoint in {self.checkpoint_dir}"
+                        )
+                position.epoch += 1
+                position.step = 0
+                self.tracked.log_metrics({"epoch": position.epoch}, step=position.global_step)
+            self.checkpoint()
+        self.tracked.log_metrics({"cost/device_hours": self.device_hours}, position.global_step)
+        return {**last, "device_hours": self.device_hours}
+
+    def _due(self, every: int) -> bool:
+        return self.position.global_step % every == 0
+
+    def _optimise(
+        self, step: StepFn, batch: Any
+    ) -> tuple[torch.Tensor, Mapping[str, torch.Tensor], torch.Tensor, int]:
+        """One optimisation step: forward (the job's), backward, clip, update, schedule."""
+        position = self.position
+        loss, parts, samples = step(batch, position)
+        if not math.isfinite(loss.item()):
+            components = {k: round(float(v), 6) for k, v in parts.items()}
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at epoch {position.epoch} step {position.step}; "
+                f"components {components}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        self.optimizer.step()
+        position.step += 1
+        position.global_step += 1
+        self.scheduler.step_update(position.global_step)
+        return loss, parts, grad_norm, samples
+
+    def _log(
+        self, loss: torch.Tensor, parts: Mapping[str, torch.Tensor], grad_norm: torch.Tensor,
+        samples: int, elapsed: float,
+    ) -> dict[str, float]:  # fmt: skip
+        metrics = {"loss": float(all_reduce_mean(loss.detach().float(), self.ctx))}
+        metrics.update({k: float(all_reduce_mean(v.float(), self.ctx)) for k, v in parts.items()})
+        metrics.update(self.extra_metrics())
+        metrics["grad_norm"] = float(grad_norm)
+        metrics["lr"] = max(group["lr"] for group in self.optimizer.param_groups)
+        metrics["samples_per_s"] = samples * self.ctx.world_size / max(elapsed, 1e-9)
+        self.tracked.log_metrics(metrics, step=self.position.global_step)
+        if self.ctx.is_main:
+            log.info(
+                "epoch %d step %d/%d loss %.4f %.1f samples/s",
+                self.position.epoch, self.position.step, self.steps_per_epoch,
+                metrics["loss"], metrics["samples_per_s"],
+            )  # fmt: skip
+        return metrics
