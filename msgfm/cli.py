@@ -19,6 +19,7 @@ from pathlib import Path
 from msgfm.errors import MsgfmError
 
 Handler = Callable[[argparse.Namespace], object]
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def _make_demo(args: argparse.Namespace) -> object:
@@ -64,6 +65,12 @@ def _pretrain(args: argparse.Namespace) -> object:
     return run_pretraining(json.loads(args.config_json), args.out)
 
 
+def _pretrain_summary(args: argparse.Namespace) -> object:
+    from msgfm.pretrain.summary import write_summary
+
+    return write_summary(args.job_dir, args.out, args.results_root, args.tracking_uri)
+
+
 def _finetune(args: argparse.Namespace) -> object:
     from msgfm.finetune.loop import run_finetuning
 
@@ -90,6 +97,29 @@ def _tables(args: argparse.Namespace) -> object:
 
     written = write_tables(args.results, args.finetune_root, args.out, transfer=args.transfer)
     return "\n\n".join(path.read_text() for path in written.values())
+
+
+def _estimate_cost(args: argparse.Namespace) -> object:
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    from msgfm.cost import estimate, measured_throughput, shard_sizes
+    from msgfm.tracking import resolve_tracking_uri
+
+    config: dict = {}
+    for path in args.configfile:
+        update_config(config, yaml.safe_load(path.read_text()) or {})
+    validate(config, str(SCHEMA))  # fills every default, as the workflow does
+    results = Path(config["results_root"])
+    throughput = {}
+    if args.measured:
+        uri = resolve_tracking_uri(config["tracking_uri"], results)
+        throughput = measured_throughput(uri, ["msgfm-finetune", "msgfm-table3", "msgfm-table5",
+                                               "msgfm-table6"])  # fmt: skip
+    jobs, per_table = estimate(config, shard_sizes(results / "shards"), throughput)
+    if args.out:
+        jobs.to_csv(args.out, index=False)
+    return f"GPU-hours by table and stage:\n{per_table.round(3).to_markdown()}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = verb("pretrain", _pretrain, "pretrain one msGFM variant (resumes from its checkpoint)")
     train.add_argument("--config-json", required=True, help="the variant's resolved config")
     train.add_argument("--out", type=Path, required=True)
+    summary = verb(
+        "pretrain-summary", _pretrain_summary, "training curves + reconstructions of one variant"
+    )
+    summary.add_argument("--job-dir", type=Path, required=True, help="the pretraining job's --out")
+    summary.add_argument("--out", type=Path, required=True, help="the summary PNG")
+    summary.add_argument("--results-root", type=Path, required=True)
+    summary.add_argument("--tracking-uri", default=None)
     tune = verb("finetune", _finetune, "finetune one table cell (resumes from its checkpoint)")
     tune.add_argument("--config-json", required=True, help="the cell's resolved config")
     tune.add_argument("--out", type=Path, required=True)
@@ -155,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--finetune-root", type=Path, required=True)
     tables.add_argument("--out", type=Path, required=True)
     tables.add_argument("--transfer", default="stacked", choices=["stacked", "shared"])
+    cost = verb("estimate-cost", _estimate_cost, "GPU-hours of each table before launch")
+    cost.add_argument("--configfile", type=Path, nargs="+", default=[Path("config/config.yaml")])
+    cost.add_argument("--measured", action="store_true", help="throughput from finished jobs")
+    cost.add_argument("--out", type=Path, default=None, help="CSV with one line per job")
     return parser
 
 

@@ -190,6 +190,7 @@ class Trainer:
         metrics["grad_norm"] = float(grad_norm)
         metrics["lr"] = max(group["lr"] for group in self.optimizer.param_groups)
         metrics["samples_per_s"] = samples * self.ctx.world_size / max(elapsed, 1e-9)
+        metrics["samples_per_s_per_device"] = samples / max(elapsed, 1e-9)
         self.tracked.log_metrics(metrics, step=self.position.global_step)
         if self.ctx.is_main:
             log.info(

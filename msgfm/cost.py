@@ -1,0 +1,136 @@
+"""What a configuration will cost before it runs: GPU-hours per job and per paper table.
+
+A pretraining variant costs epochs × samples per epoch / throughput; a finetuning cell costs
+epochs × its training samples / throughput. Sample counts come from the shard sets when they
+exist (measured), else from ``cost.samples`` (configured: the datasets' published sizes).
+Throughput per GPU is configured (``cost.throughput``) or, with ``measured=True``, the mean
+``samples_per_s`` that finished jobs of the same kind logged to MLflow. After the run, every
+job logs its actual ``cost/device_hours`` for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SECONDS_PER_HOUR = 3600.0
+
+
+def shard_sizes(shards_root: Path) -> dict[str, int]:
+    """Samples per tiled dataset (and per split for downstream tasks), read from the indexes."""
+    sizes: dict[str, int] = {}
+    for index in sorted(shards_root.glob("*/*/index.parquet")):
+        frame = pd.read_parquet(index, columns=["split"])
+        name = index.parent.name
+        sizes[name] = len(frame)
+        if index.parent.parent.name == "downstream":
+            sizes[f"{name}/train"] = int((frame["split"] == "train").sum())
+    return sizes
+
+
+def measured_throughput(uri: str, experiments: Iterable[str]) -> dict[str, float]:
+    """Mean logged samples/s per job kind ("pretrain" or a task name) of finished runs."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found: dict[str, list[float]] = {}
+    for name in experiments:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            continue
+        for run in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'"):
+            rate = run.data.metrics.get("samples_per_s_per_device")
+            if rate:
+                found.setdefault(run.data.tags.get("task", "pretrain"), []).append(rate)
+    return {kind: sum(rates) / len(rates) for kind, rates in found.items()}
+
+
+def _samples(sizes: Mapping[str, int], dataset: str, configured: Mapping[str, int]) -> int:
+    if dataset in sizes:
+        return sizes[dataset]
+    if dataset in configured:
+        return int(configured[dataset])
+    raise KeyError(f"no sample count for {dataset!r}: tile it first or set cost.samples.{dataset}")
+
+
+def pretrain_jobs(
+    config: Mapping[str, Any], sizes: Mapping[str, int], throughput: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """One line per pretraining variant: samples per epoch from the heterogeneous batches."""
+    pre, gpus = config["pretrain"], int(config["pretrain"]["gpus"])
+    configured = config["cost"]["samples"]
+    sources = pre["sources"].values()
+    source_sizes = [
+        sum(_samples(sizes, d, configured) for d in source["datasets"]) for source in sources
+    ]
+    steps = min(n // (s["batch_size"] * gpus) for n, s in zip(source_sizes, sources, strict=True))
+    if pre.get("max_steps_per_epoch"):
+        steps = min(steps, pre["max_steps_per_epoch"])
+    per_epoch = steps * sum(s["batch_size"] for s in sources) * gpus
+    rate = throughput.get("pretrain", config["cost"]["throughput"]["pretrain"])
+    lines = []
+    for name, variant in config["variants"].items():
+        epochs = variant["epochs"]
+        if pre.get("epochs_cap"):
+            epochs = min(epochs, pre["epochs_cap"])
+        lines.append(
+            {
+                "table": f"table{variant['table']}",
+                "stage": "pretrain",
+                "job": name,
+                "gpus": gpus,
+                "samples": epochs * per_epoch,
+                "gpu_hours": epochs * per_epoch / rate / SECONDS_PER_HOUR,
+            }
+        )
+    return lines
+
+
+def finetune_jobs(
+    config: Mapping[str, Any], sizes: Mapping[str, int], throughput: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """One line per finetuning cell of every grid that runs (a grid named tableN feeds it)."""
+    settings = config["finetune"]
+    configured = config["cost"]["samples"]
+    names = settings["run"] if settings["run"] is not None else list(settings["grids"])
+    lines = []
+    for grid_name in names:
+        grid = settings["grids"][grid_name]
+        for init in grid["inits"]:
+            if init == "in22k" and not settings["in22k"]:
+                continue
+            for task, fractions in grid["tasks"].items():
+                recipe = {**settings["defaults"], **settings["tasks"].get(task, {})}
+                train = _samples(sizes, f"{task}/train", configured)
+                rate = throughput.get(task, config["cost"]["throughput"]["finetune"])
+                for fraction in fractions:
+                    samples = recipe["epochs"] * max(1, round(train * fraction))
+                    cells = len(grid["transfers"]) * len(grid["seeds"] or settings["seeds"])
+                    lines.append(
+                        {
+                            "table": grid_name,
+                            "stage": "finetune",
+                            "job": f"{task}/{init}/frac{fraction:g} x{cells}",
+                            "gpus": int(settings["gpus"]),
+                            "samples": samples * cells,
+                            "gpu_hours": samples * cells / rate / SECONDS_PER_HOUR,
+                        }
+                    )
+    return lines
+
+
+def estimate(
+    config: Mapping[str, Any], sizes: Mapping[str, int], throughput: Mapping[str, float]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per job, per table) GPU-hours of a configuration."""
+    lines = pretrain_jobs(config, sizes, throughput) + finetune_jobs(config, sizes, throughput)
+    jobs = pd.DataFrame(lines)
+    per_table = (
+        jobs.pivot_table(index="table", columns="stage", values="gpu_hours", aggfunc="sum")
+        .fillna(0.0)
+        .assign(total=lambda frame: frame.sum(axis=1))
+    )
+    return jobs, per_table

@@ -1,0 +1,77 @@
+"""The pre-launch GPU-hour estimate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msgfm.cost import estimate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config() -> dict:
+    return {
+        "pretrain": {
+            "gpus": 2,
+            "epochs_cap": None,
+            "max_steps_per_epoch": None,
+            "sources": {
+                "rgb": {"datasets": ["geopile"], "batch_size": 10, "lr": 1e-4},
+                "pairs": {"datasets": ["sen12ms"], "batch_size": 5, "lr": 1e-5},
+            },
+        },
+        "variants": {"a": {"table": "6", "epochs": 3}},
+        "finetune": {
+            "run": None,
+            "in22k": False,
+            "seeds": [0, 1],
+            "gpus": 1,
+            "defaults": {"epochs": 4},
+            "tasks": {"vaihingen": {"epochs": 2}},
+            "grids": {
+                "table6": {
+                    "inits": ["a", "in22k"],
+                    "transfers": ["stacked"],
+                    "seeds": None,
+                    "tasks": {"bigearthnet": [0.1], "vaihingen": [1.0]},
+                }
+            },
+        },
+        "cost": {
+            "samples": {"geopile": 1000, "bigearthnet/train": 500},
+            "throughput": {"pretrain": 10.0, "finetune": 5.0},
+        },
+    }
+
+
+def test_gpu_hours_follow_the_batches_epochs_and_throughput() -> None:
+    sizes = {"sen12ms": 300, "vaihingen/train": 40}  # tiled shard sets win over configured counts
+    jobs, per_table = estimate(config(), sizes, throughput={"vaihingen": 2.0})
+    pretrain = jobs[jobs.stage == "pretrain"].iloc[0]
+    # steps/epoch = min(1000 // 20, 300 // 10) = 30; samples/epoch = 30 * 15 * 2 GPUs = 900
+    assert pretrain.samples == 3 * 900
+    assert pretrain.gpu_hours == pytest.approx(2700 / 10.0 / 3600)
+    ben = jobs[jobs.job.str.startswith("bigearthnet")].iloc[0]
+    assert ben.samples == 4 * 50 * 2  # 4 epochs x 10 % of 500 x 2 seeds
+    vai = jobs[jobs.job.str.startswith("vaihingen")].iloc[0]
+    assert vai.gpu_hours == pytest.approx(2 * 40 * 2 / 2.0 / 3600)  # measured 2 samples/s
+    assert not jobs.job.str.contains("in22k").any()  # disabled init costs nothing
+    assert per_table.loc["table6", "total"] == pytest.approx(jobs.gpu_hours.sum())
+
+
+def test_the_command_prints_the_paper_tables_cost() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "msgfm", "estimate-cost", "--configfile", "config/config.yaml"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {
+        line.split("|")[1].strip(): line for line in result.stdout.splitlines()[3:] if "|" in line
+    }
+    assert {"table3", "table5", "table6"} <= set(rows)
+    totals = {name: float(line.split("|")[-2]) for name, line in rows.items()}
+    assert totals["table3"] > totals["table6"] > 0  # 800 epochs cost more than 100
