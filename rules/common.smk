@@ -81,11 +81,13 @@ def launcher(gpus):
 
 
 def all_targets():
-    """Everything the workflow builds: shard sets, encoders, finetuned cells and the tables."""
+    """Everything the workflow builds: shard sets, encoders (+ report summaries), finetuned cells
+    and the tables."""
     return (
         [SHARDS / "pretrain" / source for source in PRETRAIN_SOURCES]
         + [SHARDS / "downstream" / task for task in DOWNSTREAM_TASKS]
         + [PRETRAIN / variant / "encoder.pt" for variant in VARIANTS]
+        + [PRETRAIN / variant / "summary.png" for variant in VARIANTS]
         + finetune_targets()
         + [TABLES / f"{name}.md" for name in TABLE_NAMES]
     )

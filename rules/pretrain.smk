@@ -40,3 +40,34 @@ rule pretrain:
     shell:
         "exec {params.launch} --threads {threads} pretrain --config-json {params.config:q}"
         " --out {params.out} > {log} 2>&1"
+
+
+rule pretrain_summary:
+    input:
+        PRETRAIN / "{variant}" / "encoder.pt",
+    output:
+        report(
+            PRETRAIN / "{variant}" / "summary.png",
+            caption="../workflow/report/pretrain_summary.rst",
+            category="Pretraining",
+            subcategory="{variant}",
+            labels={"variant": "{variant}", "figure": "curves + reconstructions"},
+        ),
+    log:
+        LOGS / "pretrain" / "{variant}_summary.log",
+    conda:
+        "../envs/pretrain.yaml"
+    resources:
+        runtime=10,
+        mem_mb=2000,
+    params:
+        job_dir=lambda wildcards: PRETRAIN / wildcards.variant,
+        results_root=RESULTS,
+        tracking_uri=(
+            f"--tracking-uri {config['tracking_uri']}"
+            if config["tracking_uri"]
+            else ""
+        ),
+    shell:
+        "python -m msgfm pretrain-summary --job-dir {params.job_dir} --out {output}"
+        " --results-root {params.results_root} {params.tracking_uri} > {log} 2>&1"

@@ -6,10 +6,16 @@ rule tables:
         finetune_targets(),
     output:
         [
-            TABLES / f"{name}.{ext}"
+            report(
+                TABLES / f"{name}.{ext}",
+                caption="../workflow/report/tables.rst",
+                category="Tables",
+                labels={"table": name, "format": ext},
+            )
             for name in TABLE_NAMES
-            for ext in ("csv", "md", "tex")
+            for ext in ("csv", "md")
         ],
+        [TABLES / f"{name}.tex" for name in TABLE_NAMES],
     log:
         LOGS / "tables.log",
     conda:

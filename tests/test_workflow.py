@@ -94,6 +94,22 @@ def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:
         f"data_root={results}/data",
     )
     assert "Nothing to be done" in again.stdout + again.stderr
+    # The HTML report carries the tables and one summary image per pretrained variant.
+    report = tmp_path / "report.html"
+    made = snakemake(
+        "--configfile",
+        "config/demo.yaml",
+        "--config",
+        f"results_root={results}",
+        f"data_root={results}/data",
+        "--report",
+        str(report),
+    )
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    html = report.read_text()
+    for name in ("table3", "table5", "table6"):
+        assert f"{name}.md" in html and f"{name}.csv" in html, name
+    assert "summary.png" in html and "t5_eva_clip" in html and "t6_moe_cross50" in html
 
 
 @pytest.mark.parametrize("config", ["config/config.yaml", "config/demo.yaml"])
