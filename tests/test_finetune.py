@@ -85,7 +85,7 @@ def test_subsets_are_seeded_nested_and_without_replacement(shards, tmp_path):
     write_subset(shards / "bigearthnet", out, 0.1, 0)
     listed = [line for line in out.read_text().splitlines() if not line.startswith("#")]
     train = train_split(shards / "bigearthnet", out)
-    assert len(train) == len(listed) == 2 and sorted(train.index["sample_id"]) == sorted(listed)
+    assert len(train) == len(listed) == 6 and sorted(train.index["sample_id"]) == sorted(listed)
     out.write_text("no-such-patch\n")
     with pytest.raises(DataError, match="not in the train split"):
         train_split(shards / "bigearthnet", out)
@@ -158,7 +158,7 @@ def test_a_pretrained_subset_job_with_method_1_runs(shards, results, tmp_path):
         transfer="shared",
     )
     metrics = loop.run_finetuning(config, tmp_path / "cell")
-    assert metrics["train_samples"] == 2 and metrics["steps"] == 2  # 1 batch x 2 epochs
+    assert metrics["train_samples"] == 6 and metrics["steps"] == 4  # 2 batches x 2 epochs
     assert metrics["transfer"] == "shared" and metrics["init"] == "t6_moe_cross50"
 
 

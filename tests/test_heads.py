@@ -24,6 +24,17 @@ def test_classification_head_pools_and_classifies() -> None:
     assert torch.allclose(head(features), head(features.mean((2, 3), keepdim=True)))
 
 
+def test_classification_head_starts_at_the_label_prior() -> None:
+    head = ClassificationHead(8, 3)
+    head.init_bias_to_prior(torch.tensor([0, 5, 10]), total=10)
+    # Smoothed frequencies (k + 0.5) / (n + 1): an absent class starts low, not at -inf.
+    expected = torch.tensor([0.5, 5.5, 10.5]) / 11
+    zero = torch.zeros(2, 8, 1, 1)
+    assert torch.allclose(torch.sigmoid(head(zero)), expected.expand(2, 3), atol=1e-6)
+    with pytest.raises(ValueError, match="3-class head"):
+        head.init_bias_to_prior(torch.tensor([1, 2]), total=10)
+
+
 def test_regression_decoder_sizes_and_guide() -> None:
     features = _stages(2, 64)
     assert RegressionDecoder(DIMS, 13, channels=32)(features).shape == (2, 13, 64, 64)

@@ -89,14 +89,14 @@ def _explained_variance(s2: np.ndarray, sar: np.ndarray) -> float:
 
 def test_sen12ms_demo_splits_follow_the_lists(demo: Path) -> None:
     train, test = SEN12MS(demo / "sen12ms", "train"), SEN12MS(demo / "sen12ms", "test")
-    assert (len(train), len(test)) == (12, 4)
+    assert (len(train), len(test)) == (48, 16)
     scenes = {
         split: {(r.meta["season"], r.meta["scene"]) for r in d.refs}
         for split, d in (("train", train), ("test", test))
     }
     assert scenes["test"] == set(demo_sen12ms.TEST_SCENES)
     assert not scenes["train"] & scenes["test"]
-    assert len(SEN12MS(demo / "sen12ms")) == 16
+    assert len(SEN12MS(demo / "sen12ms")) == 64
     lines = split_list_path(demo / "sen12ms", "train").read_text().splitlines()
     assert lines == sorted(lines)
     assert all(re.fullmatch(r"ROIs\d{4}_[a-z]+_s2_\d+_p\d+\.tif", line) for line in lines)
@@ -180,7 +180,7 @@ def test_cr_missing_partner_names_the_file(tmp_path: Path) -> None:
 
 def test_ben_demo_pairs_bands_and_targets(demo: Path) -> None:
     root = demo / "bigearthnet"
-    assert [len(BigEarthNet(root, s)) for s in ("train", "val", "test")] == [18, 6, 6]
+    assert [len(BigEarthNet(root, s)) for s in ("train", "val", "test")] == [60, 12, 60]
     reader = BigEarthNet(root, "val")
     sample = reader.read(reader.refs[0])
     s2, sar = sample.arrays["s2"], sample.arrays["sar"]

@@ -165,12 +165,12 @@ def test_unreadable_files_are_skipped_with_reasons_or_fail_the_run(
     write_demo(root, seed=1, datasets=["sen12ms"])
     victim = SEN12MS(root / "sen12ms").refs[2].files["s2"][0]
     victim.write_bytes(victim.read_bytes()[:500])
-    with pytest.raises(DataError, match="1 of 16 sen12ms samples unreadable"):
+    with pytest.raises(DataError, match="1 of 64 sen12ms samples unreadable"):
         tile_pretrain("sen12ms", root, tmp_path / "out")
     assert not (tmp_path / "out" / "index.parquet").exists()
     monkeypatch.setattr(report_module, "MAX_SKIPPED_FRACTION", 0.5)
     report = tile_pretrain("sen12ms", root, tmp_path / "out")
-    assert report["samples"] == 15
+    assert report["samples"] == 63
     assert report["skipped"][0]["file"] == str(victim)
     assert "truncated or corrupt" in report["skipped"][0]["reason"]
 

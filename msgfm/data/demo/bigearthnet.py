@@ -1,8 +1,10 @@
 """A small BigEarthNet v1 in the real layout: per-band S2 files, S1 files, label JSON, split CSVs.
 
-Every patch is one Landscape rendered for S2 (10 m bands at 120², 20 m bands block-averaged
-to 60², 60 m bands to 20², no B10) and for S1; its CORINE labels are the classes covering at
-least ``LABEL_MIN_FRACTION`` of the patch, so the 19-class targets follow from the pixels.
+Every patch is one structured Landscape under its own ``Acquisition`` rendered for S2 (10 m
+bands at 120², 20 m bands block-averaged to 60², 60 m bands to 20², no B10) and for S1; its
+CORINE labels are the classes covering at least ``LABEL_MIN_FRACTION`` of the patch, so the
+19-class targets follow from the pixels (cropland only through its strips). 60 test patches
+keep a cell's mAP from hinging on a handful of images; 10 % of train is 6 patches.
 Impervious ground yields a road/rail label too, one of the CLC names the 19-class
 nomenclature drops, so the demo exercises that path. JSON keys and value formats copy the
 real files, including the S1 JSON's ``lly`` (sic) corner key.
@@ -17,7 +19,7 @@ import numpy as np
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from msgfm.data.demo.landscape import CLASSES, Landscape, render_s2, render_sar
+from msgfm.data.demo.landscape import CLASSES, Acquisition, Landscape, render_s2, render_sar
 from msgfm.data.raster import write_raster
 from msgfm.data.readers.bigearthnet import S1_FOLDER, S2_FOLDER, split_csv_path
 from msgfm.data.readers.bigearthnet_labels import CLC43_NAMES
@@ -25,7 +27,8 @@ from msgfm.data.sensors import S2_BANDS, SAR_BANDS
 
 PATCH_PIXELS = 120  # at 10 m: a 1.2 km patch
 LABEL_MIN_FRACTION = 0.05
-PATCHES_PER_SPLIT = {"train": 18, "val": 6, "test": 6}
+BLOB_SCALE = 8.0  # class regions wide enough for 40-80 m field strips
+PATCHES_PER_SPLIT = {"train": 60, "val": 12, "test": 60}
 # Pixel size in metres of each band BigEarthNet ships (B10 is absent).
 BAND_METRES: dict[str, int] = {
     "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
@@ -102,11 +105,12 @@ def _write_patch(
     row: int,
     col: int,
 ) -> None:
-    land = Landscape.generate(rng, PATCH_PIXELS, blob_scale=4.0)
+    land = Landscape.generate(rng, PATCH_PIXELS, blob_scale=BLOB_SCALE).with_structure(rng)
+    acquisition = Acquisition.draw(rng)
     ulx = tile["origin"][0] + col * PATCH_PIXELS * 10
     uly = tile["origin"][1] - row * PATCH_PIXELS * 10
     crs = CRS.from_epsg(tile["epsg"])
-    s2 = render_s2(land, rng)
+    s2 = render_s2(land, rng, acquisition=acquisition)
     s2_dir = root / S2_FOLDER / s2_name
     for band, metres in BAND_METRES.items():
         factor = metres // 10
@@ -118,7 +122,7 @@ def _write_patch(
             crs=crs,
             transform=from_origin(ulx, uly, metres, metres),
         )
-    sar = render_sar(land, rng)
+    sar = render_sar(land, rng, acquisition=acquisition)
     s1_dir = root / S1_FOLDER / s1_name
     for index, band in enumerate(SAR_BANDS):
         write_raster(

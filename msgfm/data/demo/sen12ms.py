@@ -1,10 +1,12 @@
 """A small SEN12MS in the real layout: S1/S2/LC triplets of one Landscape each, plus split lists.
 
 Sizes, dtypes, folder and file names and the split-list format are those of the real dataset
-(see ``msgfm.data.readers.sen12ms``). Each season holds two scenes; the second scene of
-spring and of fall is "held out" into the test list, as the real test list holds whole
-scenes. Some S1 patches carry a few NaN pixels because real ones do, so the tiler's repair
-path runs on the demo too. The land-cover patch is MODIS-blocky (500 m cells seen at 10 m).
+(see ``msgfm.data.readers.sen12ms``). Each season holds two scenes of ``PATCHES_PER_SCENE``
+structured patches under one ``Acquisition`` per scene (64 unlabelled S2/SAR pairs, ten times
+BigEarthNet's 10 % subset); the second scene of spring and of fall is "held out" into the test
+list, as the real test list holds whole scenes. Some S1 patches carry a few NaN pixels because
+real ones do, so the tiler's repair path runs on the demo too. The land-cover patch is
+MODIS-blocky (500 m cells seen at 10 m).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from rasterio.transform import from_origin
 
-from msgfm.data.demo.landscape import Landscape, render_s2, render_sar
+from msgfm.data.demo.landscape import Acquisition, Landscape, render_s2, render_sar
 from msgfm.data.raster import write_raster
 from msgfm.data.readers.sen12ms import patch_path, split_list_path
 
@@ -32,7 +34,8 @@ SCENES: tuple[tuple[str, int, int, float, float], ...] = (
     ("ROIs2017_winter", 63, 32614, 610000.0, 3350000.0),
 )
 TEST_SCENES = frozenset({("ROIs1158_spring", 63), ("ROIs1970_fall", 139)})
-PATCHES_PER_SCENE = 2
+PATCHES_PER_SCENE = 8
+BLOB_SCALE = 8.0  # class regions wide enough for 40-80 m field strips
 NAN_EVERY = 3  # every third S1 patch gets a few NaN pixels
 PATCH_COLUMNS = 20  # patches per row of a scene's grid: patch number → position
 # MODIS MCD12Q1 legend codes per Landscape class, for the four SEN12MS LC bands
@@ -59,6 +62,7 @@ def write(root: Path, rng: np.random.Generator, patches_per_scene: int = PATCHES
     written = 0
     for season, scene, epsg, east, north in SCENES:
         patches = np.sort(rng.choice(np.arange(1, 400), size=patches_per_scene, replace=False))
+        acquisition = Acquisition.draw(rng)  # one date per scene
         for patch in patches.tolist():
             row, col = divmod(patch, PATCH_COLUMNS)
             transform = from_origin(
@@ -68,7 +72,7 @@ def write(root: Path, rng: np.random.Generator, patches_per_scene: int = PATCHES
                 PIXEL_METRES,
             )
             crs = f"EPSG:{epsg}"
-            triplet = _render_triplet(rng, with_nan=written % NAN_EVERY == 0)
+            triplet = _render_triplet(rng, acquisition, with_nan=written % NAN_EVERY == 0)
             written += 1
             for source, data in triplet.items():
                 path = patch_path(root, season, source, scene, patch)
@@ -82,10 +86,12 @@ def write(root: Path, rng: np.random.Generator, patches_per_scene: int = PATCHES
         list_file.write_text("".join(f"{name}\n" for name in sorted(names)))
 
 
-def _render_triplet(rng: np.random.Generator, *, with_nan: bool) -> dict[str, np.ndarray]:
+def _render_triplet(
+    rng: np.random.Generator, acquisition: Acquisition, *, with_nan: bool
+) -> dict[str, np.ndarray]:
     """S1, S2 and LC of one location, all from the same Landscape."""
-    land = Landscape.generate(rng, PATCH_SIZE)
-    sar = render_sar(land, rng)
+    land = Landscape.generate(rng, PATCH_SIZE, blob_scale=BLOB_SCALE).with_structure(rng)
+    sar = render_sar(land, rng, acquisition=acquisition)
     if with_nan:  # inside the central half, so the pretraining centre crop sees them
         rows = rng.integers(PATCH_SIZE // 4, 3 * PATCH_SIZE // 4, size=5)
         cols = rng.integers(PATCH_SIZE // 4, 3 * PATCH_SIZE // 4, size=5)
@@ -93,4 +99,5 @@ def _render_triplet(rng: np.random.Generator, *, with_nan: bool) -> dict[str, np
     cells = PATCH_SIZE // _LC_CELL_PIXELS + 1
     blocky = land.resized((cells, cells)).resized((PATCH_SIZE, PATCH_SIZE))
     lc = _LC_CODES[blocky.classes].transpose(2, 0, 1)
-    return {"s1": sar, "s2": render_s2(land, rng), "lc": np.ascontiguousarray(lc)}
+    s2 = render_s2(land, rng, acquisition=acquisition)
+    return {"s1": sar, "s2": s2, "lc": np.ascontiguousarray(lc)}
