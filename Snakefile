@@ -19,6 +19,21 @@ include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
 include: "rules/tables.smk"
+include: "rules/figures.smk"
+
+
+# One MLflow parent run per invocation (store and experiments created first, before jobs fan
+# out); its jobs' runs carry its id. Functions in rules/common.smk, logic in msgfm.tracking.
+onstart:
+    start_workflow_run()
+
+
+onsuccess:
+    finish_workflow_run("FINISHED", log)
+
+
+onerror:
+    finish_workflow_run("FAILED", log)
 
 
 rule all:

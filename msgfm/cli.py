@@ -83,20 +83,43 @@ def _finetune_subset(args: argparse.Namespace) -> object:
     return write_subset(args.shards, args.out, args.fraction, args.seed)
 
 
-def _init_tracking(args: argparse.Namespace) -> object:
-    from msgfm.tracking import init_store, resolve_tracking_uri
+def _workflow_start(args: argparse.Namespace) -> object:
+    from msgfm.tracking import resolve_tracking_uri, start_workflow_run
 
     uri = resolve_tracking_uri(args.tracking_uri, args.results_root)
     args.results_root.mkdir(parents=True, exist_ok=True)
-    init_store(uri, args.experiments, args.results_root)
-    return f"MLflow store ready: {uri} (experiments: {', '.join(args.experiments)})"
+    return start_workflow_run(
+        uri, args.results_root, args.experiments, config=json.loads(args.config_json),
+        targets=args.targets, command=args.command,
+    )  # fmt: skip
+
+
+def _workflow_finish(args: argparse.Namespace) -> object:
+    from msgfm.tracking import finish_workflow_run, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, args.results_root)
+    return finish_workflow_run(uri, args.run_id, args.status, args.artifacts)
 
 
 def _tables(args: argparse.Namespace) -> object:
     from msgfm.tables.aggregate import write_tables
+    from msgfm.tracking import resolve_tracking_uri
 
-    written = write_tables(args.results, args.finetune_root, args.out, transfer=args.transfer)
+    tracking = None
+    if args.results_root:
+        tracking = (resolve_tracking_uri(args.tracking_uri, args.results_root), args.results_root)
+    written = write_tables(
+        args.results, args.finetune_root, args.out, transfer=args.transfer,
+        pretrain_root=args.pretrain_root, tracking=tracking,
+    )  # fmt: skip
     return "\n\n".join(path.read_text() for path in written.values())
+
+
+def _fig4(args: argparse.Namespace) -> object:
+    from msgfm.tables.fig4 import write_fig4
+
+    summary = write_fig4(args.results, args.row, args.png, args.csv)
+    return summary.to_markdown(index=False)
 
 
 def _estimate_cost(args: argparse.Namespace) -> object:
@@ -183,15 +206,41 @@ def build_parser() -> argparse.ArgumentParser:
     subset.add_argument("--out", type=Path, required=True)
     subset.add_argument("--fraction", type=float, required=True, help="share of train, (0, 1]")
     subset.add_argument("--seed", type=int, required=True)
-    track = verb("init-tracking", _init_tracking, "create the MLflow store and experiments once")
+    track = verb(
+        "workflow-start",
+        _workflow_start,
+        "create the MLflow store and experiments once, open the invocation's parent run and "
+        "print its id (the workflow's onstart)",
+    )
     track.add_argument("--results-root", type=Path, required=True)
     track.add_argument("--experiments", nargs="+", required=True)
     track.add_argument("--tracking-uri", default=None)
+    track.add_argument("--config-json", required=True, help="the workflow's config")
+    track.add_argument("--targets", nargs="*", default=[], help="the invocation's targets")
+    track.add_argument("--command", default="", help="the invocation's command line")
+    finish = verb("workflow-finish", _workflow_finish, "close the parent run (onsuccess/onerror)")
+    finish.add_argument("--results-root", type=Path, required=True)
+    finish.add_argument("--tracking-uri", default=None)
+    finish.add_argument("--run-id", required=True)
+    finish.add_argument("--status", choices=["FINISHED", "FAILED"], required=True)
+    finish.add_argument("--artifacts", nargs="*", type=Path, default=[], help="files, folders")
     tables = verb("tables", _tables, "aggregate finetuning results into Tables 3, 5 and 6")
     tables.add_argument("results", nargs="*", type=Path, help="finetuning metrics.json files")
     tables.add_argument("--finetune-root", type=Path, required=True)
     tables.add_argument("--out", type=Path, required=True)
     tables.add_argument("--transfer", default="stacked", choices=["stacked", "shared"])
+    tables.add_argument("--pretrain-root", type=Path, default=None, help="adds encoders' cost")
+    tables.add_argument(
+        "--results-root", type=Path, default=None, help="log the tables to MLflow (its store)"
+    )
+    tables.add_argument("--tracking-uri", default=None)
+    fig4 = verb("fig4", _fig4, "paper Fig. 4: single- vs multi-sensor pretraining")
+    fig4.add_argument("results", nargs="+", type=Path, help="finetuning metrics.json files")
+    fig4.add_argument(
+        "--row", action="append", required=True, help="INIT=LABEL, once per pretraining row"
+    )
+    fig4.add_argument("--png", type=Path, required=True)
+    fig4.add_argument("--csv", type=Path, required=True)
     cost = verb("estimate-cost", _estimate_cost, "GPU-hours of each table before launch")
     cost.add_argument("--configfile", type=Path, nargs="+", default=[Path("config/config.yaml")])
     cost.add_argument("--measured", action="store_true", help="throughput from finished jobs")

@@ -62,23 +62,35 @@ def pretrain_jobs(
     """One line per pretraining variant: samples per epoch from the heterogeneous batches."""
     pre, gpus = config["pretrain"], int(config["pretrain"]["gpus"])
     configured = config["cost"]["samples"]
-    sources = pre["sources"].values()
-    source_sizes = [
-        sum(_samples(sizes, d, configured) for d in source["datasets"]) for source in sources
-    ]
-    steps = min(n // (s["batch_size"] * gpus) for n, s in zip(source_sizes, sources, strict=True))
-    if pre.get("max_steps_per_epoch"):
-        steps = min(steps, pre["max_steps_per_epoch"])
-    per_epoch = steps * sum(s["batch_size"] for s in sources) * gpus
+
+    def samples_per_epoch(names: Iterable[str]) -> int:
+        sources = [pre["sources"][name] for name in names]
+        source_sizes = [
+            sum(_samples(sizes, d, configured) for d in source["datasets"]) for source in sources
+        ]
+        steps = min(
+            n // (s["batch_size"] * gpus) for n, s in zip(source_sizes, sources, strict=True)
+        )
+        if pre.get("max_steps_per_epoch"):
+            steps = min(steps, pre["max_steps_per_epoch"])
+        return steps * sum(s["batch_size"] for s in sources) * gpus
+
     rate = throughput.get("pretrain", config["cost"]["throughput"]["pretrain"])
     lines = []
     for name, variant in config["variants"].items():
+        # a variant restricted to some sources (Fig. 4) reads only those
+        per_epoch = samples_per_epoch(variant.get("sources") or pre["sources"])
+        # as rules/common.smk's pretrain_job_config (the Snakefile does not import torch)
         epochs = variant["epochs"]
         if pre.get("epochs_cap"):
             epochs = min(epochs, pre["epochs_cap"])
+        epochs = (pre.get("epochs_override") or {}).get(name, epochs)
         lines.append(
             {
-                "table": f"table{variant['table']}",
+                # the grid that finetunes it: table3/5/6, or fig4 for the Fig. 4 variants
+                "table": variant["table"]
+                if variant["table"].startswith("fig")
+                else f"table{variant['table']}",
                 "stage": "pretrain",
                 "job": name,
                 "gpus": gpus,
@@ -109,6 +121,7 @@ def finetune_jobs(
                 for fraction in fractions:
                     samples = recipe["epochs"] * max(1, round(train * fraction))
                     cells = len(grid["transfers"]) * len(grid["seeds"] or settings["seeds"])
+                    cells *= len(grid.get("inputs") or ["all"])
                     lines.append(
                         {
                             "table": grid_name,

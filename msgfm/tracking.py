@@ -7,6 +7,12 @@ Two traps of the SQLite store shape this module: creating the schema or the same
 from two processes at once fails or misfiles runs, so :func:`init_store` is called once before
 jobs fan out; and concurrent writers occasionally see "database is locked", so every call
 into MLflow goes through :func:`_retry`.
+
+Layout in the store: one experiment per paper table (``msgfm-table3/5/6``) holds the table's
+pretraining runs, the finetuning runs that start from them and a ``tables`` run with the
+written tables; ``msgfm-workflow`` holds one parent run per ``snakemake`` invocation. Jobs are
+linked to that parent by a tag rather than nested with ``mlflow.parentRunId``: the UI nests runs
+only inside one experiment, and a job's experiment is its table's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RUN_ID_FILE = "mlflow_run_id"
+WORKFLOW_EXPERIMENT = "msgfm-workflow"
+# Set by the workflow's onstart handler; every job started by that invocation inherits it
+# (locally as a child process, on SLURM through sbatch's exported environment).
+WORKFLOW_RUN_ENV = "MSGFM_WORKFLOW_RUN_ID"
+WORKFLOW_TAG = "msgfm.workflow_run_id"  # the invocation that created a run
+RESUMED_TAG = "msgfm.resumed_by"  # later invocations that continued it, comma-separated
 
 
 def resolve_tracking_uri(configured: str | None, results_root: str | Path) -> str:
@@ -94,6 +106,167 @@ def git_commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def table_experiment(table: str) -> str:
+    """The experiment of a paper table ("table6" -> "msgfm-table6")."""
+    return f"msgfm-{table}"
+
+
+def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    """A nested config as params, in batches within MLflow's 100-per-call limit."""
+    from mlflow.entities import Param
+
+    items = list(flatten(params).items())
+    for start in range(0, len(items), 100):
+        chunk = [Param(k, v) for k, v in items[start : start + 100]]
+        _retry(lambda chunk=chunk: client.log_batch(run_id, params=chunk))
+
+
+def _log_paths(client: Any, run_id: str, paths: Iterable[str | Path]) -> None:
+    """Files as top-level artifacts, folders under their own name; missing paths are skipped
+    (a failed invocation may not have written its tables)."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            _retry(lambda path=path: client.log_artifacts(run_id, str(path), path.name))
+        elif path.is_file():
+            _retry(lambda path=path: client.log_artifact(run_id, str(path)))
+
+
+def start_workflow_run(
+    uri: str,
+    results_root: str | Path,
+    experiments: Iterable[str],
+    *,
+    config: Mapping[str, Any],
+    targets: Iterable[str],
+    command: str,
+) -> str:
+    """Create the store, every experiment the jobs use and the parent run of one invocation.
+
+    Called once before jobs fan out (the SQLite races of :func:`init_store`). The parent run
+    carries the workflow config as params and its hash, the git commit, the targets and the
+    command line; returns its id for the jobs to tag their runs with (:data:`WORKFLOW_RUN_ENV`).
+    """
+    import mlflow
+
+    init_store(uri, [*experiments, WORKFLOW_EXPERIMENT], results_root)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name(WORKFLOW_EXPERIMENT).experiment_id
+    targets = sorted(targets)
+    tags = {
+        "config_hash": config_hash(config),
+        "git_commit": git_commit(),
+        "targets": " ".join(targets)[:5000],
+        "command": command[:5000],
+    }
+    name = f"snakemake {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC"
+    run = _retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags))
+    run_id = run.info.run_id
+    _log_params(client, run_id, config)
+    _retry(lambda: client.log_dict(run_id, dict(config), "config.json"))
+    _retry(lambda: client.log_text(run_id, "\n".join(targets) + "\n", "targets.txt"))
+    return run_id
+
+
+def linked_runs(client: Any, workflow_run_id: str) -> list[Any]:
+    """Every run an invocation created or continued, in any experiment."""
+    experiment_ids = [e.experiment_id for e in _retry(client.search_experiments)]
+    found: dict[str, Any] = {}
+    for query in (
+        f"tags.`{WORKFLOW_TAG}` = '{workflow_run_id}'",
+        f"tags.`{RESUMED_TAG}` LIKE '%{workflow_run_id}%'",
+    ):
+        token = None
+        while True:
+            page = _retry(
+                lambda query=query, token=token: client.search_runs(
+                    experiment_ids, query, max_results=1000, page_token=token
+                )
+            )
+            found.update((run.info.run_id, run) for run in page)
+            token = page.token
+            if not token:
+                break
+    return list(found.values())
+
+
+def finish_workflow_run(
+    uri: str, run_id: str, status: str, artifacts: Iterable[str | Path] = ()
+) -> dict[str, float]:
+    """End an invocation's parent run: the totals of its linked runs, its artifacts (tables,
+    Snakemake's log) and its final status (FINISHED or FAILED). Returns the totals."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = linked_runs(client, run_id)
+    totals = {
+        "runs/linked": float(len(runs)),
+        "runs/finished": float(sum(r.info.status == "FINISHED" for r in runs)),
+        "cost/device_hours": sum(r.data.metrics.get("cost/device_hours", 0.0) for r in runs),
+    }
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in totals.items()]
+    _retry(lambda: client.log_batch(run_id, metrics=metrics))
+    _log_paths(client, run_id, artifacts)
+    _retry(lambda: client.set_terminated(run_id, status=status))
+    return totals
+
+
+def log_table_run(
+    uri: str,
+    results_root: str | Path,
+    table: str,
+    files: Iterable[str | Path],
+    metrics: Mapping[str, float],
+) -> str:
+    """A ``tables`` run in the table's experiment with its written files as artifacts and its
+    totals as metrics, linked to the invocation that wrote it. Returns the run id."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    experiment = table_experiment(table)
+    init_store(uri, [experiment], results_root)  # a no-op under the workflow (onstart made it)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    tags = {"stage": "tables", "table": table, "git_commit": git_commit()}
+    if os.environ.get(WORKFLOW_RUN_ENV):
+        tags[WORKFLOW_TAG] = os.environ[WORKFLOW_RUN_ENV]
+    run_id = _retry(
+        lambda: client.create_run(experiment_id, run_name=f"{table} tables", tags=tags)
+    ).info.run_id
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v]  # NaN: skip
+    _retry(lambda: client.log_batch(run_id, metrics=batch))
+    _log_paths(client, run_id, files)
+    _retry(lambda: client.set_terminated(run_id, status="FINISHED"))
+    return run_id
+
+
+def tag_job_runs(uri: str, tags_by_job: Mapping[str | Path, Mapping[str, str]]) -> int:
+    """Add tags to the runs whose ids job folders recorded; returns how many were tagged.
+
+    A folder without a run id (a job that ran without tracking) is skipped."""
+    import mlflow
+    from mlflow.entities import RunTag
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    tagged = 0
+    for job, tags in tags_by_job.items():
+        run_id = read_run_id(job)
+        if run_id is None:
+            continue
+        batch = [RunTag(k, v) for k, v in tags.items()]
+        try:
+            _retry(lambda run_id=run_id, batch=batch: client.log_batch(run_id, tags=batch))
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.warning("%s: its MLflow run %s is not in %s; left untagged", job, run_id, uri)
+            continue
+        tagged += 1
+    return tagged
+
+
 def read_run_id(state_dir: str | Path) -> str | None:
     """The MLflow run id a job recorded in its folder (None before its first run)."""
     id_file = Path(state_dir) / RUN_ID_FILE
@@ -135,19 +308,29 @@ class TrackedRun:
             if previous["config_hash"] == config_hash:
                 self.run_id = previous["run_id"]
                 _retry(lambda: self._client.update_run(self.run_id, status="RUNNING"))
+                self._link_resumption()
                 log.info("resuming MLflow run %s", self.run_id)
                 return
             log.info("config changed since MLflow run %s: starting a new run", previous["run_id"])
+        workflow_run = os.environ.get(WORKFLOW_RUN_ENV)
+        link = {WORKFLOW_TAG: workflow_run} if workflow_run else {}
         run = _retry(
-            lambda: self._client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+            lambda: self._client.create_run(experiment_id, run_name=run_name, tags={**tags, **link})
         )
         self.run_id = run.info.run_id
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(json.dumps({"run_id": self.run_id, "config_hash": config_hash}) + "\n")
-        items = list(flatten(params).items())
-        for start in range(0, len(items), 100):
-            chunk = [mlflow.entities.Param(k, v) for k, v in items[start : start + 100]]
-            _retry(lambda chunk=chunk: self._client.log_batch(self.run_id, params=chunk))
+        _log_params(self._client, self.run_id, params)
+
+    def _link_resumption(self) -> None:
+        """Record the invocation that continues this run (a run keeps its creator's tag)."""
+        workflow_run = os.environ.get(WORKFLOW_RUN_ENV)
+        if not workflow_run:
+            return
+        tags = _retry(lambda: self._client.get_run(self.run_id)).data.tags
+        earlier = [r for r in tags.get(RESUMED_TAG, "").split(",") if r]
+        if workflow_run != tags.get(WORKFLOW_TAG) and workflow_run not in earlier:
+            self.set_tags({RESUMED_TAG: ",".join([*earlier, workflow_run])})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self.enabled or not metrics:

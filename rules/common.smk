@@ -1,5 +1,9 @@
 # Config lookups and input functions shared by the rule files (no rules here).
+import functools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 DATA = Path(config["data_root"])
@@ -15,12 +19,32 @@ VARIANTS = config["variants"]
 FINETUNE = RESULTS / "finetune"
 TABLES = RESULTS / "tables"
 TABLE_NAMES = ("table3", "table5", "table6")
-FINETUNE_EXPERIMENT = "msgfm-finetune"
+# Cells fed a subset of the task's sensors (finetune.grids.<grid>.inputs).
+FINETUNE_INPUTS = RESULTS / "finetune_inputs"
+FIGURES = RESULTS / "figures"
+# Snakemake's wall time and memory of every training job (bench/demo_dag.py reads them).
+BENCHMARKS = RESULTS / "benchmarks"
+# A variant is pretrained for the tables, or for a figure (its "table", e.g. fig4) when on.
+PRETRAINED = [
+    name
+    for name, variant in VARIANTS.items()
+    if config["figures"].get(variant["table"], True)
+]
+
+
+def table_experiment(table):
+    """The MLflow experiment of a table or figure: "6" -> msgfm-table6, "fig4" -> msgfm-fig4."""
+    return f"msgfm-table{table}" if str(table).isdigit() else f"msgfm-{table}"
+
+
+# One MLflow experiment per paper table: its pretraining runs, the finetuning runs that start
+# from them (finetune_experiment) and its "tables" run (msgfm.tracking).
 EXPERIMENTS = sorted(
-    {f"msgfm-table{v['table']}" for v in VARIANTS.values()} | {FINETUNE_EXPERIMENT}
+    {table_experiment(v["table"]) for v in VARIANTS.values()}
+    | {f"msgfm-{name}" for name in TABLE_NAMES}
 )
 # Settings of the pretraining rule itself, not of the training job.
-_RULE_ONLY = {"epochs_cap", "gpus", "threads"}
+_RULE_ONLY = {"epochs_cap", "epochs_override", "gpus", "threads"}
 
 
 wildcard_constraints:
@@ -46,10 +70,12 @@ def downstream_options(wildcards):
 
 
 def pretrain_shards(wildcards):
-    """The pretraining shard sets that the configured sources read."""
-    sources = config["pretrain"]["sources"].values()
+    """The pretraining shard sets that the variant's sources read: all configured sources,
+    or those its ``sources`` names (Fig. 4's single-sensor variants: SEN12MS only)."""
+    sources = config["pretrain"]["sources"]
+    names = VARIANTS[wildcards.variant].get("sources") or sources
     return sorted(
-        {SHARDS / "pretrain" / d for source in sources for d in source["datasets"]}
+        {SHARDS / "pretrain" / d for name in names for d in sources[name]["datasets"]}
     )
 
 
@@ -59,6 +85,10 @@ def pretrain_job_config(wildcards):
     cap = config["pretrain"]["epochs_cap"]
     if cap:
         variant["epochs"] = min(variant["epochs"], cap)
+    # demo: the variant finetuning compares with random init trains past the cap
+    override = (config["pretrain"].get("epochs_override") or {}).get(wildcards.variant)
+    if override:
+        variant["epochs"] = override
     job = {
         "variant": variant,
         "model": config["model"],
@@ -68,7 +98,7 @@ def pretrain_job_config(wildcards):
         "shards_root": str(SHARDS / "pretrain"),
         "results_root": str(RESULTS),
         "tracking_uri": config["tracking_uri"],
-        "experiment": f"msgfm-table{variant['table']}",
+        "experiment": table_experiment(variant["table"]),
     }
     return json.dumps(job, sort_keys=True)
 
@@ -86,10 +116,12 @@ def all_targets():
     return (
         [SHARDS / "pretrain" / source for source in PRETRAIN_SOURCES]
         + [SHARDS / "downstream" / task for task in DOWNSTREAM_TASKS]
-        + [PRETRAIN / variant / "encoder.pt" for variant in VARIANTS]
-        + [PRETRAIN / variant / "summary.png" for variant in VARIANTS]
+        + [PRETRAIN / variant / "encoder.pt" for variant in PRETRAINED]
+        + [PRETRAIN / variant / "summary.png" for variant in PRETRAINED]
         + finetune_targets()
+        + input_targets()
         + [TABLES / f"{name}.md" for name in TABLE_NAMES]
+        + figure_targets()
     )
 
 
@@ -103,45 +135,70 @@ def fraction_label(fraction):
     return f"{float(fraction):g}"
 
 
-def finetune_cells():
-    """Every configured (task, init, transfer, fraction, seed) cell, each once."""
+@functools.cache
+def grid_cells(name):
+    """The (task, init, transfer, fraction, seed, inputs) cells of one grid, validated; cached:
+    the config is fixed once parsed, and several rules ask."""
     settings = config["finetune"]
-    names = settings["run"] if settings["run"] is not None else list(settings["grids"])
-    unknown = sorted(set(names) - set(settings["grids"]))
+    grid = settings["grids"][name]
+    cells = set()
+    for init in grid["inits"]:
+        if init not in VARIANTS and init not in FINETUNE_INITS:
+            raise ValueError(
+                f"config finetune.grids.{name}.inits: {init!r} is neither a variant "
+                f"({', '.join(VARIANTS)}) nor one of {sorted(FINETUNE_INITS)}"
+            )
+        if init == "in22k" and not settings["in22k"]:
+            continue
+        for task, fractions in grid["tasks"].items():
+            if task not in DOWNSTREAM_TASKS:
+                raise ValueError(
+                    f"config finetune.grids.{name}.tasks: {task!r} is not among "
+                    f"downstream_tasks {DOWNSTREAM_TASKS}"
+                )
+            for fraction in fractions:
+                for transfer in grid["transfers"]:
+                    for seed in grid["seeds"] or settings["seeds"]:
+                        for inputs in grid["inputs"]:
+                            label = fraction_label(fraction)
+                            cells.add((task, init, transfer, label, seed, inputs))
+    return frozenset(cells)
+
+
+def run_grids():
+    """The grids that run: finetune.run, or every grid but those of figures turned off."""
+    settings = config["finetune"]
+    if settings["run"] is None:
+        figures = config["figures"]
+        return [name for name in settings["grids"] if figures.get(name, True)]
+    unknown = sorted(set(settings["run"]) - set(settings["grids"]))
     if unknown:
         raise ValueError(
             f"config finetune.run names grids {unknown}; defined: {sorted(settings['grids'])}"
         )
-    cells = set()
-    for name in names:
-        grid = settings["grids"][name]
-        for init in grid["inits"]:
-            if init not in VARIANTS and init not in FINETUNE_INITS:
-                raise ValueError(
-                    f"config finetune.grids.{name}.inits: {init!r} is neither a variant "
-                    f"({', '.join(VARIANTS)}) nor one of {sorted(FINETUNE_INITS)}"
-                )
-            if init == "in22k" and not settings["in22k"]:
-                continue
-            for task, fractions in grid["tasks"].items():
-                if task not in DOWNSTREAM_TASKS:
-                    raise ValueError(
-                        f"config finetune.grids.{name}.tasks: {task!r} is not among "
-                        f"downstream_tasks {DOWNSTREAM_TASKS}"
-                    )
-                for fraction in fractions:
-                    for transfer in grid["transfers"]:
-                        for seed in grid["seeds"] or settings["seeds"]:
-                            label = fraction_label(fraction)
-                            cells.add((task, init, transfer, label, seed))
-    return sorted(cells)
+    return settings["run"]
+
+
+def finetune_cells():
+    """Every cell that feeds the tables (all the task's inputs) of the grids that run, once."""
+    cells = {cell for name in run_grids() for cell in grid_cells(name)}
+    return sorted(cell[:5] for cell in cells if cell[5] == "all")
+
+
+def cell_target(task, init, transfer, fraction, seed, inputs="all"):
+    """A cell's metrics.json; cells fed a subset of the sensors live apart from the tables'."""
+    cell = Path(task, init, transfer, f"frac{fraction}", f"seed{seed}", "metrics.json")
+    return FINETUNE / cell if inputs == "all" else FINETUNE_INPUTS / inputs / cell
 
 
 def finetune_targets():
-    return [
-        FINETUNE / t / i / tr / f"frac{f}" / f"seed{s}" / "metrics.json"
-        for t, i, tr, f, s in finetune_cells()
-    ]
+    return [cell_target(*cell) for cell in finetune_cells()]
+
+
+def input_targets():
+    """The cells of the grids that run fed a subset of the task's sensors (figures only)."""
+    cells = {cell for name in run_grids() for cell in grid_cells(name)}
+    return [cell_target(*cell) for cell in sorted(cells) if cell[5] != "all"]
 
 
 def finetune_inputs(wildcards):
@@ -187,6 +244,104 @@ def finetune_job_config(wildcards, input):
         "finetune": task_settings,
         "results_root": str(RESULTS),
         "tracking_uri": config["tracking_uri"],
-        "experiment": FINETUNE_EXPERIMENT,
+        "experiment": finetune_experiment(wildcards.init),
+        "tags": finetune_tags(wildcards.init),
     }
+    # Only then: the other cells' configs (and so their config hashes) stay as they were.
+    if "inputs" in wildcards.keys():
+        job["inputs"] = wildcards.inputs.split("+")
     return json.dumps(job, sort_keys=True)
+
+
+def finetune_experiment(init):
+    """A finetuning run goes where its encoder's pretraining run is: one job however many
+    grids and tables share the cell (the tables step tags it with every table it feeds).
+    The random and ImageNet-22k inits are Table 3's baselines."""
+    return table_experiment(VARIANTS[init]["table"] if init in VARIANTS else "3")
+
+
+def finetune_tags(init):
+    """Tags of the encoder a cell starts from, as its pretraining run carries them, so that
+    the MLflow compare view lines finetuning runs up by ablation row. Fixed per init: they
+    are part of the job's config (a change retrains the cell, as its encoder changed too).
+    """
+    variant = VARIANTS.get(init)
+    if variant is None:
+        return {"table": "3"}
+    tags = {
+        "table": str(variant["table"]),
+        "moe": str(bool(variant["moe"])),
+        "cross_rate": str(variant["cross_rate"]),
+    }
+    optional = ("objective", "teacher", "sensors")
+    tags.update({k: str(variant[k]) for k in optional if variant.get(k) is not None})
+    return tags
+
+
+# The workflow's MLflow parent run (Snakefile's onstart/onsuccess/onerror; msgfm.tracking).
+WORKFLOW_RUN_ENV = "MSGFM_WORKFLOW_RUN_ID"
+
+
+def _tracking_options():
+    options = ["--results-root", str(RESULTS)]
+    if config["tracking_uri"]:
+        options += ["--tracking-uri", config["tracking_uri"]]
+    return options
+
+
+def start_workflow_run():
+    """Create the MLflow store and experiments once, before jobs fan out (concurrent jobs
+    creating a fresh SQLite schema or the same experiment race, SPEC §8), and open this
+    invocation's parent run. Jobs inherit its id through the environment (locally and through
+    sbatch), which neither changes their params nor their config hash."""
+    dag = workflow.dag
+    targets = [str(path) for path in dag.targetfiles]
+    targets += [rule.name for rule in dag.targetrules]
+    command = ["python", "-m", "msgfm", "workflow-start", *_tracking_options()]
+    command += ["--experiments", *EXPERIMENTS, "--config-json", json.dumps(config)]
+    command += ["--targets", *targets, "--command", " ".join(sys.argv)]
+    started = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    os.environ[WORKFLOW_RUN_ENV] = started.stdout.split()[-1]
+
+
+def finish_workflow_run(status, log):
+    """Close the parent run with its status, the tables and Snakemake's log (``log``: the
+    log file, or a list of them, as Snakemake hands handlers)."""
+    run_id = os.environ.get(WORKFLOW_RUN_ENV)
+    if run_id:
+        logs = [log] if isinstance(log, (str, Path)) else list(log or [])
+        artifacts = [str(TABLES)] + [str(path) for path in logs]
+        subprocess.run(
+            ["python", "-m", "msgfm", "workflow-finish", *_tracking_options()]
+            + ["--run-id", run_id, "--status", status, "--artifacts", *artifacts],
+            check=True,
+        )
+
+
+# Figures (rules/figures.smk).
+def figure_targets():
+    """The paper figures that are on (config figures)."""
+    if not config["figures"]["fig4"]:
+        return []
+    return [FIGURES / "fig4.png", FIGURES / "fig4.csv"]
+
+
+def fig4_targets():
+    """Every cell of the fig4 grid, whether or not finetune.run names it: the figure needs them."""
+    if "fig4" not in config["finetune"]["grids"]:
+        raise ValueError("config figures.fig4 is on; finetune.grids has no fig4 grid")
+    return [cell_target(*cell) for cell in sorted(grid_cells("fig4"))]
+
+
+def fig4_row_options():
+    """One --row=INIT=LABEL per pretraining row of Fig. 4, in the grid's order: "SAR only"
+    for a variant restricted to SAR, "msGFM" (the paper's label) for others, else the init.
+    """
+    options = []
+    for init in config["finetune"]["grids"]["fig4"]["inits"]:
+        sensors = VARIANTS[init].get("sensors") if init in VARIANTS else None
+        label = "msGFM" if init in VARIANTS else init
+        if sensors:
+            label = f"{'+'.join(s.upper() for s in sensors)} only"
+        options.append(f"--row={init}={label}")
+    return options

@@ -29,6 +29,10 @@ rule finetune:
         FINETUNE / "{task}/{init}/{transfer}/frac{fraction}/seed{seed}/metrics.json",
     log:
         LOGS / "finetune" / "{task}" / "{init}_{transfer}_frac{fraction}_seed{seed}.log",
+    benchmark:
+        BENCHMARKS
+        / "finetune"
+        / "{task}/{init}_{transfer}_frac{fraction}_seed{seed}.tsv"
     wildcard_constraints:
         init="|".join([*VARIANTS, *sorted(FINETUNE_INITS)]),
         transfer="stacked|shared",
@@ -50,3 +54,29 @@ rule finetune:
     shell:
         "exec {params.launch} --threads {threads} finetune --config-json {params.config:q}"
         " --out {params.out} > {log} 2>&1"
+
+
+# A cell fed a subset of the task's sensors (config finetune.grids.<grid>.inputs; paper Fig. 4):
+# the same job, told its inputs by the {inputs} wildcard (finetune_job_config).
+use rule finetune as finetune_input_subset with:
+    output:
+        FINETUNE_INPUTS
+        / "{inputs}/{task}/{init}/{transfer}/frac{fraction}/seed{seed}/metrics.json",
+    log:
+        LOGS
+        / "finetune_inputs"
+        / "{inputs}"
+        / "{task}"
+        / "{init}_{transfer}_frac{fraction}_seed{seed}.log",
+    benchmark:
+        BENCHMARKS
+        / "finetune_inputs"
+        / "{inputs}"
+        / "{task}"
+        / "{init}_{transfer}_frac{fraction}_seed{seed}.tsv"
+    wildcard_constraints:
+        inputs=r"[a-z0-9]+(\+[a-z0-9]+)*",
+        init="|".join([*VARIANTS, *sorted(FINETUNE_INITS)]),
+        transfer="stacked|shared",
+        fraction=r"[0-9.e-]+",
+        seed=r"\d+",

@@ -1,20 +1,6 @@
 # Pretraining stage: shard sets -> one pretrained msGFM encoder per variant (Tables 3, 5, 6).
 
 
-onstart:
-    # Create the MLflow store and experiments once, before jobs fan out: concurrent jobs
-    # creating a fresh SQLite schema or the same experiment race (SPEC §8).
-    shell(
-        f"python -m msgfm init-tracking --results-root {RESULTS}"
-        f" --experiments {' '.join(EXPERIMENTS)}"
-        + (
-            f" --tracking-uri {config['tracking_uri']}"
-            if config["tracking_uri"]
-            else ""
-        )
-    )
-
-
 rule pretrain:
     input:
         pretrain_shards,
@@ -22,6 +8,8 @@ rule pretrain:
         PRETRAIN / "{variant}" / "encoder.pt",
     log:
         LOGS / "pretrain" / "{variant}.log",
+    benchmark:
+        BENCHMARKS / "pretrain" / "{variant}.tsv"
     conda:
         "../envs/pretrain.yaml"
     threads: config["pretrain"]["threads"]

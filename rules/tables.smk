@@ -25,8 +25,17 @@ rule tables:
         mem_mb=2000,
     params:
         finetune_root=FINETUNE,
+        pretrain_root=PRETRAIN,
         out=TABLES,
         transfer=config["tables"]["transfer"],
+        results_root=RESULTS,
+        tracking_uri=(
+            f"--tracking-uri {config['tracking_uri']}"
+            if config["tracking_uri"]
+            else ""
+        ),
+    # Also logged to MLflow: a "tables" run per table, and tags on the runs behind each row.
     shell:
         "python -m msgfm tables --finetune-root {params.finetune_root} --out {params.out}"
-        " --transfer {params.transfer} {input} > {log} 2>&1"
+        " --pretrain-root {params.pretrain_root} --transfer {params.transfer}"
+        " --results-root {params.results_root} {params.tracking_uri} {input} > {log} 2>&1"

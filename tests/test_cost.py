@@ -63,6 +63,16 @@ def test_gpu_hours_follow_the_batches_epochs_and_throughput() -> None:
     assert per_table.loc["table6", "total"] == pytest.approx(jobs.gpu_hours.sum())
 
 
+def test_epochs_cap_and_override_as_the_workflow_applies_them() -> None:
+    cfg = config()
+    cfg["variants"]["b"] = {"table": "6", "epochs": 3}
+    cfg["pretrain"].update(epochs_cap=2, epochs_override={"b": 5})
+    jobs, _ = estimate(cfg, {"sen12ms": 300, "vaihingen/train": 40}, throughput={})
+    samples = jobs[jobs.stage == "pretrain"].set_index("job").samples
+    assert samples["a"] == 2 * 900  # capped
+    assert samples["b"] == 5 * 900  # named: its own count, past the cap
+
+
 def test_the_command_prints_the_paper_tables_cost() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "msgfm", "estimate-cost", "--configfile", "config/config.yaml"],

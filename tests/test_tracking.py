@@ -9,7 +9,15 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from msgfm.tracking import TrackedRun, config_hash, flatten, init_store, resolve_tracking_uri  # noqa: E402
+from msgfm.tracking import (  # noqa: E402
+    WORKFLOW_RUN_ENV,
+    TrackedRun,
+    config_hash,
+    finish_workflow_run,
+    flatten,
+    resolve_tracking_uri,
+    start_workflow_run,
+)
 
 
 def open_run(results: Path, state: Path, name: str = "run", config: str = "c1") -> TrackedRun:
@@ -82,7 +90,11 @@ def _writer(results: str, index: int) -> None:
 def test_eight_concurrent_writers_lose_no_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = resolve_tracking_uri(None, tmp_path)
-    init_store(uri, ["table6"], tmp_path)  # once, before the jobs fan out (as onstart does)
+    # Once, before the jobs fan out (as onstart does): the store, the experiment, the parent.
+    parent = start_workflow_run(
+        uri, tmp_path, ["table6"], config={}, targets=["all"], command="snakemake"
+    )
+    monkeypatch.setenv(WORKFLOW_RUN_ENV, parent)  # inherited by the spawned jobs
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), i)) for i in range(8)]
     for proc in procs:
@@ -98,3 +110,4 @@ def test_eight_concurrent_writers_lose_no_run(tmp_path: Path, monkeypatch) -> No
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 5
     default = client.get_experiment_by_name("Default")
     assert default is None or not client.search_runs([default.experiment_id])
+    assert finish_workflow_run(uri, parent, "FINISHED")["runs/finished"] == 8.0

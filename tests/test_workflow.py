@@ -84,6 +84,8 @@ def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("table3", "table5", "table6"):
         assert (results / "tables" / f"{name}.csv").is_file()
         assert (results / "tables" / f"{name}.tex").is_file()
+    assert "finetune device-h" in table6 and "| Total" in table6  # what each row cost
+    check_mlflow(results)
     # A second run has nothing to do: outputs are complete and trusted.
     again = snakemake(
         "-n",
@@ -110,6 +112,33 @@ def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("table3", "table5", "table6"):
         assert f"{name}.md" in html and f"{name}.csv" in html, name
     assert "summary.png" in html and "t5_eva_clip" in html and "t6_moe_cross50" in html
+
+
+def check_mlflow(results: Path) -> None:
+    """After one invocation: its parent run finished and links every job's run; each table's
+    experiment holds its finetuning runs and a run with the table's files."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{results}/mlflow.db")
+    workflow = client.get_experiment_by_name("msgfm-workflow")
+    (parent,) = client.search_runs([workflow.experiment_id])
+    cells = list((results / "finetune").glob("*/*/*/frac*/seed*/metrics.json"))
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["runs/linked"] == parent.data.metrics["runs/finished"]
+    assert parent.data.metrics["runs/linked"] >= len(cells) + 3  # jobs + three tables runs
+    assert parent.data.metrics["cost/device_hours"] > 0
+    assert "tables" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    for name in ("table3", "table5", "table6"):
+        experiment = client.get_experiment_by_name(f"msgfm-{name}")
+        (tables,) = client.search_runs([experiment.experiment_id], "tags.stage = 'tables'")
+        artifacts = {a.path for a in client.list_artifacts(tables.info.run_id)}
+        assert {f"{name}.csv", f"{name}.md", f"{name}.tex"} <= artifacts
+    for cell in cells:
+        run = client.get_run(json.loads((cell.parent / "mlflow_run_id").read_text())["run_id"])
+        assert run.data.tags["msgfm.workflow_run_id"] == parent.info.run_id
+        init = run.data.tags["init"]  # t6_* -> Table 6's experiment; random: Table 3's
+        table = init[1] if init[0] == "t" and init[1].isdigit() else "3"
+        assert client.get_experiment(run.info.experiment_id).name == f"msgfm-table{table}"
 
 
 @pytest.mark.parametrize("config", ["config/config.yaml", "config/demo.yaml"])

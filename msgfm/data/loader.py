@@ -183,11 +183,18 @@ class MultiSourceDataset(Dataset):
     sensor normalised and, with ``flip``, one horizontal flip drawn from
     (seed, epoch, source, row) and applied to all roles, so a pair stays aligned and a run
     is reproducible. Call ``set_epoch`` before each epoch; DataLoader workers pick it up when
-    they start (so do not use ``persistent_workers``).
+    they start (so do not use ``persistent_workers``). ``roles`` restricts what is read per
+    source (a single-sensor pretraining variant reads SAR but not the S2 of the same SEN12MS
+    rows); by default every role of the set.
     """
 
     def __init__(
-        self, sets: Mapping[str, Sequence[ShardSet]], *, seed: int = 0, flip: bool = True
+        self,
+        sets: Mapping[str, Sequence[ShardSet]],
+        *,
+        seed: int = 0,
+        flip: bool = True,
+        roles: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.sets = {source: list(group) for source, group in sets.items()}
         self.seed, self.flip, self.epoch = seed, flip, 0
@@ -196,14 +203,21 @@ class MultiSourceDataset(Dataset):
         for source, group in self.sets.items():
             if not group:
                 raise ValueError(f"source {source!r} has no shard sets")
-            roles = set(group[0].roles)
+            roles_held = set(group[0].roles)
             for other in group[1:]:
-                if set(other.roles) != roles:
+                if set(other.roles) != roles_held:
                     raise ValueError(
                         f"source {source!r}: {other.path} holds roles {sorted(other.roles)}, "
-                        f"{group[0].path} holds {sorted(roles)}"
+                        f"{group[0].path} holds {sorted(roles_held)}"
                     )
-            self.roles[source] = tuple(group[0].roles)
+            wanted = tuple(roles[source]) if roles and source in roles else tuple(group[0].roles)
+            unknown = sorted(set(wanted) - roles_held)
+            if unknown or not wanted:
+                raise ValueError(
+                    f"source {source!r}: roles {list(wanted)} requested, {group[0].path} holds "
+                    f"{sorted(roles_held)}"
+                )
+            self.roles[source] = wanted
             self._starts[source] = list(np.cumsum([0, *(len(s) for s in group)])[:-1])
 
     @property
@@ -225,7 +239,8 @@ class MultiSourceDataset(Dataset):
         local = row - starts[part]
         if not 0 <= local < len(shardset) or row < 0:
             raise IndexError(f"row {row} outside source {source!r} of {self.sizes[source]} rows")
-        sample = {role: to_tensor(role, a) for role, a in shardset.get(local).items()}
+        arrays = shardset.get(local, self.roles[source])
+        sample = {role: to_tensor(role, a) for role, a in arrays.items()}
         if self.flip and self._draw_flip(source, row):
             sample = {role: torch.flip(t, dims=(-1,)) for role, t in sample.items()}
         # The row travels with the sample so per-sample draws downstream (SimMIM masks, cross

@@ -22,7 +22,7 @@ Decisions recorded here because the paper is silent:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -77,6 +77,20 @@ def task_spec(task: str) -> TaskSpec:
     if task not in TASKS:
         raise KeyError(f"unknown downstream task {task!r}; expected one of {sorted(TASKS)}")
     return TASKS[task]
+
+
+def with_inputs(spec: TaskSpec, sensors: Sequence[str] | None) -> TaskSpec:
+    """The task fed only some of its sensors, in its own stacking order (paper §4.3, Fig. 4:
+    BigEarthNet from S2 or SAR alone, cloud removal from SAR or the cloudy S2 alone); None or
+    empty = every input of the task."""
+    if not sensors:
+        return spec
+    unknown = sorted(set(sensors) - set(spec.sensors))
+    if unknown:
+        raise ValueError(
+            f"task {spec.name}: inputs {unknown} are not among its sensors {list(spec.sensors)}"
+        )
+    return replace(spec, inputs=tuple(pair for pair in spec.inputs if pair[1] in sensors))
 
 
 def role_tensor(role: str, array: np.ndarray) -> torch.Tensor:

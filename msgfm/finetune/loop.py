@@ -28,7 +28,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from msgfm.data.shards import ShardSet
-from msgfm.finetune.data import EpochBatchSampler, TaskDataset, TaskSpec, collate, task_spec
+from msgfm.finetune.data import (
+    EpochBatchSampler,
+    TaskDataset,
+    TaskSpec,
+    collate,
+    task_spec,
+    with_inputs,
+)
 from msgfm.finetune.subsets import format_fraction, train_split
 from msgfm.model.factory import resolve_config
 from msgfm.tracking import TrackedRun, config_hash, git_commit, resolve_tracking_uri
@@ -80,6 +87,7 @@ def build_model(cfg: Mapping[str, Any], spec: TaskSpec, shards: ShardSet) -> nn.
     return build_finetune_model(
         spec.name,
         init=init,
+        sensors=[role for role, _ in spec.inputs],
         transfer=cfg["transfer"],
         checkpoint=cfg.get("checkpoint"),
         model_cfg={**cfg["model"], "drop_path_rate": float(settings["drop_path_rate"])},
@@ -90,7 +98,8 @@ def build_model(cfg: Mapping[str, Any], spec: TaskSpec, shards: ShardSet) -> nn.
 
 
 def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any]:
-    settings, spec = cfg["finetune"], task_spec(cfg["task"])
+    # "inputs": the sensors fed (Fig. 4's single-sensor columns); absent/None = all the task's
+    settings, spec = cfg["finetune"], with_inputs(task_spec(cfg["task"]), cfg.get("inputs"))
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
     chash = config_hash(cfg)
@@ -116,6 +125,9 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
     from msgfm.finetune.model import layer_decay_groups
 
     model = build_model(cfg, spec, shards).to(ctx.device)
+    if spec.kind == "classification":
+        positives = np.sum([train.get(i, [spec.target])[spec.target] for i in range(len(train))], 0)
+        model.head.init_bias_to_prior(torch.as_tensor(positives), len(train))
     groups = layer_decay_groups(
         model,
         base_lr=float(settings["lr"]),
@@ -137,17 +149,26 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
         min_lr=float(settings["min_lr"]),
     )
     fraction = format_fraction(cfg["fraction"])
+    inputs = "+".join(spec.sensors)
     tracked = TrackedRun(
         uri=resolve_tracking_uri(cfg.get("tracking_uri"), cfg["results_root"]),
         experiment=cfg.get("experiment", "msgfm-finetune"),
-        run_name=f"{cfg['task']}/{cfg['init']}/{cfg['transfer']}/frac{fraction}/seed{seed}",
+        run_name=f"{cfg['task']}/{cfg['init']}/{cfg['transfer']}/frac{fraction}/seed{seed}"
+        + (f"/{inputs}" if cfg.get("inputs") else ""),
         state_dir=out,
         results_root=cfg["results_root"],
+        # The encoder's tags from the workflow (table, moe, cross_rate, ...), then the cell's:
+        # the MLflow compare view lines runs up by them.
         tags={
+            "moe": str(bool(resolve_config(cfg["model"])["moe"]["enabled"])),
+            **cfg.get("tags", {}),
+            "stage": "finetune",
+            "init": cfg["init"],
             "task": cfg["task"],
             "fraction": fraction,
             "variant": cfg["init"],
             "transfer": cfg["transfer"],
+            "inputs": inputs,
             "seed": str(seed),
             "git_commit": git_commit(),
             "config_hash": chash,
@@ -191,7 +212,7 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
         tracked.log_metrics({f"test/{k}": v for k, v in scores.items()}, position.global_step)
         metrics = {
             "task": cfg["task"], "init": cfg["init"], "transfer": cfg["transfer"],
-            "fraction": float(cfg["fraction"]), "seed": seed, "split": "test",
+            "inputs": inputs, "fraction": float(cfg["fraction"]), "seed": seed, "split": "test",
             "train_samples": len(train), "test_samples": len(test),
             "epochs": epochs, "steps": position.global_step, "img_size": model.input_size,
             "train_loss": last.get("task_loss"), "device_hours": last["device_hours"],

@@ -8,6 +8,10 @@ What a job guarantees, because a cluster will interrupt it:
 Outputs: ``encoder.pt`` ({"config", "model"} loadable by ``msgfm.model.factory.load_encoder``),
 ``metrics.json``, ``config.json`` (the resolved config) and one reconstruction figure per
 pretraining entry (none when the model reconstructs teacher features).
+A variant may read only some sources and sensors (``sources``, ``sensors``: Fig. 4's SAR-only
+and S2-only runs); the model still has every configured sensor's stem and decoder, and those
+never fed keep their seeded initial weights (AdamW skips parameters without gradients), so a
+downstream task can use the encoder with a sensor it was not pretrained on, from an untrained stem.
 A Table 5 variant also builds a frozen teacher (msgfm.pretrain.teachers) whose targets are
 computed per step under no_grad; it is never wrapped in DDP nor checkpointed (it is rebuilt
 identically: hub weights, or a seeded random model).
@@ -18,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +51,25 @@ from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def source_specs(pretrain: Mapping[str, Any]) -> list[SourceSpec]:
+def source_specs(
+    pretrain: Mapping[str, Any], variant: Mapping[str, Any] | None = None
+) -> list[SourceSpec]:
+    """The ``pretrain.sources`` a variant reads: all, or those its ``sources`` names (paper
+    §4.3: the single-sensor variants of Fig. 4 read SEN12MS only)."""
+    names = list(pretrain["sources"])
+    wanted = (variant or {}).get("sources")
+    if wanted:
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ValueError(
+                f"variants.{(variant or {}).get('name')}.sources: {unknown} are not among "
+                f"pretrain.sources {names}"
+            )
+        names = [name for name in names if name in wanted]
     return [
         SourceSpec(name, tuple(spec["datasets"]), int(spec["batch_size"]), float(spec["lr"]))
         for name, spec in pretrain["sources"].items()
+        if name in names
     ]
 
 
@@ -66,11 +85,25 @@ def model_config(cfg: Mapping[str, Any], teacher_dim: int | None = None) -> dict
 
 
 def open_sources(
-    specs: list[SourceSpec], shards_root: Path
+    specs: list[SourceSpec], shards_root: Path, sensors: Sequence[str] | None = None
 ) -> tuple[dict[str, list[ShardSet]], dict[str, list[str]]]:
+    """The shard sets of every source and the sensors read from each: all the set holds, or
+    only ``sensors`` (a variant's restriction). A paired source cut to one sensor becomes an
+    unpaired one: its images reconstruct themselves (Eq. 2)."""
     sets = {s.name: [ShardSet(shards_root / d) for d in s.datasets] for s in specs}
-    sensors = {name: sensor_roles(group[0].roles) for name, group in sets.items()}
-    return sets, sensors
+    read: dict[str, list[str]] = {}
+    for name, group in sets.items():
+        held = sensor_roles(group[0].roles)
+        read[name] = [sensor for sensor in held if sensors is None or sensor in sensors]
+        if not read[name]:
+            raise ValueError(
+                f"source {name!r} ({group[0].path}) holds sensors {held}, none of the variant's "
+                f"{list(sensors or [])}: leave it out of the variant's sources"
+            )
+    missing = sorted(set(sensors or []) - {s for group in read.values() for s in group})
+    if missing:
+        raise ValueError(f"variant sensors {missing} are in none of the sources {sorted(sets)}")
+    return sets, read
 
 
 def moe_metrics(model: torch.nn.Module) -> dict[str, float]:
@@ -108,9 +141,9 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", cfg)
 
-    specs = source_specs(pre)
-    sets, sensors = open_sources(specs, Path(cfg["shards_root"]))
-    dataset = MultiSourceDataset(sets, seed=seed)
+    specs = source_specs(pre, variant)
+    sets, sensors = open_sources(specs, Path(cfg["shards_root"]), variant.get("sensors"))
+    dataset = MultiSourceDataset(sets, seed=seed, roles=sensors)
     sampler = MultiSourceBatchSampler(
         dataset.sizes,
         {s.name: s.batch_size for s in specs},

@@ -1,0 +1,28 @@
+# Figures stage: finetuning results -> the paper's figures (config figures: which are on).
+
+
+if config["figures"]["fig4"]:
+
+    rule fig4:
+        input:
+            fig4_targets(),
+        output:
+            png=report(
+                FIGURES / "fig4.png",
+                caption="../workflow/report/fig4.rst",
+                category="Figures",
+                labels={"figure": "Fig. 4", "format": "png"},
+            ),
+            csv=FIGURES / "fig4.csv",
+        log:
+            LOGS / "figures" / "fig4.log",
+        conda:
+            "../envs/figures.yaml"
+        resources:
+            runtime=10,
+            mem_mb=2000,
+        params:
+            rows=fig4_row_options(),
+        shell:
+            "python -m msgfm fig4 --png {output.png} --csv {output.csv} {params.rows:q}"
+            " {input} > {log} 2>&1"
