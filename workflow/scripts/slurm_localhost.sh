@@ -40,7 +40,9 @@ write_config() {
     fi
     local node cpus mem
     node=$(hostname -s)
-    cpus=$(nproc)
+    # nproc honours OMP_NUM_THREADS (callers set it to 1 for their own processes): count the
+    # CPUs this process may run on instead, or the node would offer one.
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     # Leave a quarter of the memory to the daemons and the submitting Snakemake.
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 3 / 4)}' /proc/meminfo)
     mkdir -p "$CONF_DIR" "$RUN_DIR" /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
@@ -134,7 +136,7 @@ start)
     install_packages
     write_config
     start_daemons
-    echo "slurm_localhost: node $(hostname -s) idle ($(nproc) CPUs, $GPUS GPUs declared)"
+    echo "slurm_localhost: node $(hostname -s) idle ($(sinfo --noheader --format=%c) CPUs, $GPUS GPUs declared)"
     ;;
 stop)
     stop_daemons
