@@ -1,16 +1,21 @@
-"""Benchmark: the native MoE layer's batched dispatch vs a per-expert Python loop.
+"""Benchmark: the native MoE layer vs a per-expert Python loop, and vs a dense MLP of equal FLOPs.
 
-Both contestants do the same math at Swin-B stage-3 size (8 experts, D=512, H=2048, top-1,
-capacity factor 1.25, batch-prioritised routing, Swin aux loss): N = 16 images x 144 tokens
-(192 px input, 12 x 12 stage-3 map) = 2304 tokens. The loop reference routes each expert's
-tokens by masking, keeps the C highest-priority ones and runs that expert's two linears on
-them, which is the obvious way to write an MoE layer. The script first checks (eval mode, no
-noise) that both give the same outputs, then times forward + backward in training mode on CPU,
-interleaving the two so that load from other processes hits both alike. The LAST line is the
-ratio naive_time / native_time.
+Both MoE contestants do the same math at Swin-B stage-3 size (8 experts, D=512, H=2048, top-1,
+capacity factor 1.25, batch-prioritised routing, Swin aux loss): by default N = 16 images x 144
+tokens (192 px input, 12 x 12 stage-3 map) = 2304 tokens; ``--tokens 288`` is the batch-2 case.
+The loop reference routes each expert's tokens by masking, keeps the C highest-priority ones
+and runs that expert's two linears on them, which is the obvious way to write an MoE layer. A
+dense MLP (one expert's size, all N tokens) shows what the same FLOPs cost without 8 experts'
+weights. The script first checks (eval mode, no noise) that both MoE versions give the same
+outputs, then times forward + backward in training mode on CPU (this process's CPU time, which
+other processes' time slices do not inflate), interleaving the contestants so that their
+cache and memory-bandwidth load hits them alike; ratios are medians of per-repetition ratios.
+``--profile`` prints the native layer's per-operator CPU time; ``--retain-freed-memory`` lets
+glibc reuse freed 32 MiB gradient blocks (msgfm.train.memory.retain_freed_cpu_memory). The LAST
+line is the ratio naive_time / native_time.
 
-    .venv/bin/python bench/moe_layer.py
-    .venv/bin/python bench/moe_layer.py --tokens 4608 --reps 9
+    OMP_NUM_THREADS=1 .venv/bin/python bench/moe_layer.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/moe_layer.py --tokens 288 --reps 15 --profile
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 
 from msgfm.model.moe import MoEMlp
 from msgfm.model.moe_gate import expert_capacity, swin_aux_loss
+from msgfm.train.memory import retain_freed_cpu_memory
 
 
 def per_expert_loop(layer: MoEMlp, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,21 +60,41 @@ def per_expert_loop(layer: MoEMlp, tokens: Tensor) -> tuple[Tensor, Tensor]:
     return out, aux
 
 
-def fwd_bwd_seconds(step) -> float:
-    start = time.perf_counter()
+def fwd_bwd_seconds(step: Callable[[], tuple[Tensor, Tensor]]) -> float:
+    """CPU seconds of this process: with one thread, the step's own work only."""
+    start = time.process_time()
     out, aux = step()
     (out.square().mean() + 0.01 * aux).backward()
-    return time.perf_counter() - start
+    return time.process_time() - start
+
+
+def print_profile(step: Callable[[], None], reps: int) -> None:
+    """Per-operator CPU time of the native layer's forward + backward, per step."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda event: -event.self_cpu_time_total)
+    total = sum(event.self_cpu_time_total for event in events) / reps / 1e3
+    print(f"native layer profile: {total:.1f} ms self CPU time per step")
+    for event in events[:12]:
+        per_step = event.self_cpu_time_total / reps / 1e3
+        print(f"  {event.key[:48]:48s} {per_step:7.2f} ms  {event.count // reps:4d} calls")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2304, help="N: batch 16 x 144 tokens")
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions per contestant")
+    parser.add_argument("--profile", action="store_true", help="print the native op profile")
+    parser.add_argument(
+        "--retain-freed-memory", action="store_true", help="glibc: reuse freed large blocks"
+    )
     args = parser.parse_args()
+    retained = args.retain_freed_memory and retain_freed_cpu_memory()
 
     torch.manual_seed(0)
     layer = MoEMlp(512, 2048, num_experts=8, top_k=1, capacity_factor=1.25)
+    dense = nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512))
     tokens = torch.randn(args.tokens, 512, requires_grad=True)
 
     layer.eval()
@@ -78,30 +106,43 @@ def main() -> None:
         raise SystemExit(f"native and per-expert loop disagree (max |diff| = {difference:.2e})")
     layer.train()
 
-    def native_step() -> tuple[Tensor, Tensor]:
-        return layer(tokens), layer.aux_loss
-
-    def loop_step() -> tuple[Tensor, Tensor]:
-        return per_expert_loop(layer, tokens)
-
-    times: dict[str, list[float]] = {"native": [], "naive": []}
+    steps: dict[str, Callable[[], tuple[Tensor, Tensor]]] = {
+        "native": lambda: (layer(tokens), layer.aux_loss),
+        "naive": lambda: per_expert_loop(layer, tokens),
+        "dense": lambda: (dense(tokens), torch.zeros(())),
+    }
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for rep in range(args.reps + 1):  # the first round warms up allocator and kernels
-        for name, step in (("native", native_step), ("naive", loop_step)):
+        for name, step in steps.items():
             layer.zero_grad(set_to_none=True)
+            dense.zero_grad(set_to_none=True)
             seconds = fwd_bwd_seconds(step)
             if rep:
                 times[name].append(seconds)
 
-    native, naive = statistics.median(times["native"]), statistics.median(times["naive"])
+    def ratio(name: str, over: str) -> float:
+        pairs = zip(times[name], times[over], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
     stats = layer.last_stats
     print(
         f"N={args.tokens} D=512 H=2048 E=8 top-1 cf=1.25, capacity {stats['capacity']}, "
-        f"dropped {float(stats['dropped_fraction']):.1%}, torch threads {torch.get_num_threads()}"
+        f"dropped {float(stats['dropped_fraction']):.1%}, torch threads {torch.get_num_threads()}, "
+        f"freed memory retained: {retained}"
     )
     print(f"outputs agree in eval mode: max |diff| = {difference:.1e}")
-    print(f"native forward+backward: median {native * 1e3:.0f} ms over {args.reps} reps")
-    print(f"naive  forward+backward: median {naive * 1e3:.0f} ms over {args.reps} reps")
-    print(f"moe_layer speedup vs naive per-expert loop: {naive / native:.2f}x")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:6s} forward+backward: median {median * 1e3:.1f} ms over {args.reps} reps")
+    if args.profile:
+
+        def native_step() -> None:
+            layer.zero_grad(set_to_none=True)
+            fwd_bwd_seconds(steps["native"])
+
+        print_profile(native_step, reps=5)
+    print(f"native / dense MLP of equal FLOPs: {ratio('native', 'dense'):.2f}x")
+    print(f"moe_layer speedup vs naive per-expert loop: {ratio('naive', 'native'):.2f}x")
 
 
 if __name__ == "__main__":

@@ -59,8 +59,20 @@ def _tile_downstream(args: argparse.Namespace) -> object:
     )
 
 
+def _cpu_training_allocator() -> None:
+    """Before a CPU training job builds its model: let glibc reuse freed gradient blocks."""
+    import torch
+
+    from msgfm.train.memory import retain_freed_cpu_memory
+
+    if not torch.cuda.is_available():
+        retain_freed_cpu_memory()
+
+
 def _pretrain(args: argparse.Namespace) -> object:
     from msgfm.pretrain.loop import run_pretraining
+
+    _cpu_training_allocator()
 
     return run_pretraining(json.loads(args.config_json), args.out)
 
@@ -73,6 +85,8 @@ def _pretrain_summary(args: argparse.Namespace) -> object:
 
 def _finetune(args: argparse.Namespace) -> object:
     from msgfm.finetune.loop import run_finetuning
+
+    _cpu_training_allocator()
 
     return run_finetuning(json.loads(args.config_json), args.out)
 

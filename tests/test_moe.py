@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import platform
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
 
-from msgfm.model.moe import TUTEL_ENV, MoEMlp
+from msgfm.model.moe import TUTEL_ENV, GroupedLinear, MoEMlp
 from msgfm.model.moe_gate import expert_capacity
+from msgfm.train.memory import retain_freed_cpu_memory
 
 TUTEL_AVAILABLE = importlib.util.find_spec("tutel") is not None
 
@@ -30,14 +32,18 @@ def expert_mlp(layer: MoEMlp, expert: int, token: torch.Tensor) -> torch.Tensor:
 
 
 def reference_forward(layer: MoEMlp, tokens: torch.Tensor, noise: torch.Tensor | None = None):
-    """tutel's routing one token at a time: the slow, obvious version to compare against."""
+    """tutel's routing one token at a time: the slow, obvious version to compare against.
+
+    The routing decisions are made without gradients; the output is differentiable with
+    respect to the tokens and every parameter of the layer (gate included, through the scores).
+    """
     num_tokens, num_experts, k = tokens.size(0), layer.num_experts, layer.top_k
+    logits = tokens.double() @ layer.gates[0].wg.weight.double().T
+    if noise is not None:
+        logits = logits + layer.gate_noise * noise.double() / num_experts
+    scores = torch.softmax(logits, dim=1)
+    capacity = k * math.floor(layer.capacity_factor * math.ceil(num_tokens / num_experts))
     with torch.no_grad():
-        logits = tokens.double() @ layer.gates[0].wg.weight.double().T
-        if noise is not None:
-            logits = logits + layer.gate_noise * noise.double() / num_experts
-        scores = torch.softmax(logits, dim=1)
-        capacity = k * math.floor(layer.capacity_factor * math.ceil(num_tokens / num_experts))
         choices = [
             torch.argsort(scores[t], descending=True)[:k].tolist() for t in range(num_tokens)
         ]
@@ -51,18 +57,20 @@ def reference_forward(layer: MoEMlp, tokens: torch.Tensor, noise: torch.Tensor |
                 expert = choices[t][j]
                 slot[t, j] = used[expert]
                 used[expert] += 1
-        out = torch.zeros(num_tokens, layer.out_dim, dtype=torch.float64)
-        dropped = 0
-        for t in range(num_tokens):
-            weights = [float(scores[t, e]) for e in choices[t]]
-            if k > 1:
-                weights = [w / sum(weights) for w in weights]
-            for j, expert in enumerate(choices[t]):
-                if slot[t, j] >= capacity:
-                    dropped += 1
-                    continue
-                out[t] += weights[j] * expert_mlp(layer, expert, tokens[t]).double()
-    return out, dropped / (num_tokens * k), capacity
+    rows = []
+    dropped = 0
+    for t in range(num_tokens):
+        weights = [scores[t, e] for e in choices[t]]
+        if k > 1:
+            weights = [w / sum(weights) for w in weights]
+        row = torch.zeros(layer.out_dim, dtype=torch.float64)
+        for j, expert in enumerate(choices[t]):
+            if slot[t, j] >= capacity:
+                dropped += 1
+                continue
+            row = row + weights[j] * expert_mlp(layer, expert, tokens[t]).double()
+        rows.append(row)
+    return torch.stack(rows), dropped / (num_tokens * k), capacity
 
 
 def randomised_experts(layer: MoEMlp, seed: int) -> None:
@@ -150,6 +158,65 @@ def test_matches_per_token_reference(
     assert float(layer.last_stats["dropped_fraction"]) == pytest.approx(dropped)
     assert dropped > 0 or capacity_factor >= 1.25
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("top_k", "batch_prioritized", "capacity_factor"),
+    [(1, True, 0.6), (1, False, 1.25), (2, True, 0.8)],
+)
+def test_gradients_match_per_token_reference(
+    top_k: int, batch_prioritized: bool, capacity_factor: float
+) -> None:
+    """The hand-written expert backward gives autograd's gradients for every input."""
+    torch.manual_seed(20 + top_k)
+    layer = MoEMlp(
+        6,
+        10,
+        num_experts=4,
+        top_k=top_k,
+        capacity_factor=capacity_factor,
+        batch_prioritized=batch_prioritized,
+    ).eval()
+    with torch.no_grad():
+        layer.gates[0].wg.weight.normal_()
+    randomised_experts(layer, seed=5)
+    tokens = torch.randn(19, 6, requires_grad=True)
+    upstream = torch.randn(19, 6)
+    params = [tokens, *layer.parameters()]
+    ours = torch.autograd.grad((layer(tokens) * upstream).sum(), params)
+    expected, dropped, _ = reference_forward(layer, tokens)
+    assert dropped > 0 or capacity_factor >= 1.25
+    reference = torch.autograd.grad((expected * upstream.double()).sum(), params)
+    for got, want in zip(ours, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_expert_without_tokens_gets_exactly_zero_gradient() -> None:
+    """Positive tokens never pick experts 2 and 3 (negative logits): their grads are 0."""
+    layer = MoEMlp(2, 4, num_experts=4, capacity_factor=1.0).eval()
+    set_gate(layer, [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    randomised_experts(layer, seed=6)
+    layer(torch.rand(8, 2) + 0.1).sum().backward()
+    assert layer.last_stats["kept"][2:].tolist() == [0, 0]
+    for name, param in layer.experts.named_parameters():
+        assert torch.equal(param.grad[2:], torch.zeros_like(param.grad[2:])), name
+        assert bool(param.grad[:2].abs().sum() > 0), name
+
+
+@pytest.mark.parametrize("out_in", [True, False])
+def test_grouped_linear_gradcheck(out_in: bool) -> None:
+    """Finite differences agree with the per-expert backward, an expert with 0 rows included."""
+    generator = torch.Generator().manual_seed(7)
+    bounds = [0, 2, 2, 5]
+    weight_shape = (3, 4, 3) if out_in else (3, 3, 4)
+    inputs = (
+        torch.randn(5, 3, generator=generator, dtype=torch.float64, requires_grad=True),
+        torch.randn(weight_shape, generator=generator, dtype=torch.float64, requires_grad=True),
+        torch.randn(3, 4, generator=generator, dtype=torch.float64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: GroupedLinear.apply(x, w, b, bounds, out_in), inputs
+    )
 
 
 def test_training_noise_is_gate_noise_over_experts() -> None:
@@ -299,6 +366,33 @@ def test_autocast_keeps_gate_in_fp32() -> None:
     assert out.dtype == torch.float32 and layer.aux_loss.dtype == torch.float32
     assert torch.equal(layer.last_stats["load"], load)
     torch.testing.assert_close(out, reference, rtol=0.05, atol=0.02)
+
+
+def test_autocast_backward_gives_fp32_gradients() -> None:
+    """Under bf16 autocast the expert matmuls run in bf16; gradients come back in fp32."""
+    layer = MoEMlp(8, 16, num_experts=4).eval()
+    randomised_experts(layer, seed=8)
+    tokens = torch.randn(40, 8)
+    params = list(layer.experts.parameters())
+    reference = torch.autograd.grad(layer(tokens).sum(), params)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(tokens)
+    grads = torch.autograd.grad(out.sum(), params)
+    for got, want in zip(grads, reference, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_retain_freed_cpu_memory_is_accepted_by_glibc() -> None:
+    """glibc accepts both thresholds; a forward + backward still gives the same gradients."""
+    layer = MoEMlp(8, 16, num_experts=4).eval()
+    tokens = torch.randn(12, 8)
+    before = torch.autograd.grad(layer(tokens).sum(), list(layer.parameters()))
+    assert retain_freed_cpu_memory()
+    after = torch.autograd.grad(layer(tokens).sum(), list(layer.parameters()))
+    for first, second in zip(before, after, strict=True):
+        assert torch.equal(first, second)
 
 
 def test_stats_are_detached() -> None:

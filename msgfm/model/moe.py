@@ -6,12 +6,18 @@ msGFM replaces the MLPs of every other stage-3 Swin block with a top-1 MoE of 8 
 PyTorch layer that reproduces tutel's routing (moe_gate.py) and its expert network, under
 tutel's parameter names, so checkpoints move between the two backends unchanged.
 
-Native dispatch: the kept (token, choice) pairs are copied into a zero-padded (E, C, D) buffer,
-the experts run as two batched matmuls over it, and the outputs are gathered back and summed
-with their gate weights. Measured on 2 CPU cores at Swin-B stage-3 size (N=2304, D=512, H=2048,
-forward+backward) this beats both a per-expert Python loop and a sort-then-split dispatch (see
-bench/moe_layer.py). The buffer is trimmed to the busiest expert's kept count, which changes no
-output: the trimmed rows would only hold zeros.
+Native dispatch: the kept (token, choice) pairs are sorted by expert (an expert's kept slots
+are exactly 0..kept-1, so expert offset + slot is the sorted position), gathered into one
+(K, D) block with no padding, and each expert multiplies exactly its own rows
+(``GroupedLinear``, a hand-written backward that writes every weight gradient in its
+parameter's layout); the outputs are scaled by their gate weights and added back per token.
+Profiled on CPU at Swin-B stage-3 size (bench/moe_layer.py --profile), the layer's time is
+the expert matmuls; the former zero-padded (E, C, D) buffer with batched matmuls spent over a
+quarter of its time (batch 2) on a strided copy of fc1's transposed weight gradient and a fifth
+of its matmul work on padding rows. What remains above a dense MLP of the same FLOPs is memory
+traffic: the eight experts' weights are read twice and their gradients written once per step
+(64 MiB each at D=512, H=2048), eight times the dense MLP's bytes; on glibc the gradients'
+fresh pages dominate that (see ``msgfm.train.memory``).
 
 Initialisation (decided): experts like timm's Mlp and Swin-MoE (trunc-normal std 0.02 weights,
 zero biases); the router weight trunc-normal std 0.02, which is what Swin-MoE's model-wide
@@ -21,6 +27,7 @@ zero biases); the router weight trunc-normal std 0.02, which is what Swin-MoE's 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +38,57 @@ from msgfm.model.moe_gate import AUX_LOSSES, TopKGate, expert_capacity, route
 
 BACKENDS = ("native", "tutel")
 TUTEL_ENV = "envs/pretrain_tutel.yaml"
+
+
+class GroupedLinear(torch.autograd.Function):
+    """Expert e's linear layer on its own contiguous block of rows, with a hand-written backward.
+
+    ``x`` holds the kept tokens sorted by expert; ``bounds[e]:bounds[e + 1]`` are expert e's
+    rows, so every expert multiplies exactly the tokens it kept: no capacity padding, no zero
+    rows. ``weight`` is (E, out, in) used as ``x @ W[e]ᵀ`` (tutel's fc1) or, with
+    ``out_in=False``, (E, in, out) used as ``x @ W[e]`` (tutel's fc2). autograd through a
+    transposed batched matmul would produce fc1's weight gradient as a transposed view that
+    AccumulateGrad then copies (a strided 32 MiB copy per Swin-B MoE layer, 27% of the layer's
+    time at batch 2); here every gradient is written in its parameter's layout by one matmul per
+    expert, and an expert that kept no token gets exact zeros.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, bounds: list[int], out_in: bool
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.bounds, ctx.out_in = bounds, out_in
+        out = x.new_empty(x.size(0), weight.size(1 if out_in else 2))
+        for e, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            if stop > start:
+                matrix = weight[e].t() if out_in else weight[e]
+                torch.addmm(bias[e], x[start:stop], matrix, out=out[start:stop])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = x.new_empty(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_out.new_empty(weight.size(0), grad_out.size(1))
+        for e, (start, stop) in enumerate(itertools.pairwise(ctx.bounds)):
+            rows, grad_rows = x[start:stop], grad_out[start:stop]
+            if grad_x is not None and stop > start:
+                matrix = weight[e] if ctx.out_in else weight[e].t()
+                torch.mm(grad_rows, matrix, out=grad_x[start:stop])
+            if grad_w is not None:
+                if ctx.out_in:
+                    torch.mm(grad_rows.t(), rows, out=grad_w[e])
+                else:
+                    torch.mm(rows.t(), grad_rows, out=grad_w[e])
+            if grad_b is not None:
+                torch.sum(grad_rows, dim=0, out=grad_b[e])
+        return grad_x, grad_w, grad_b, None, None
 
 
 class BatchedExperts(nn.Module):
@@ -48,14 +106,29 @@ class BatchedExperts(nn.Module):
         self.batched_fc2_bias = nn.Parameter(torch.empty(num_experts, out_dim))
         init_experts(self)
 
-    def forward(self, dispatched: Tensor, activation: Callable[[Tensor], Tensor]) -> Tensor:
-        """Run expert e on dispatched[e]: (E, C, D) -> (E, C, D_out)."""
-        hidden = torch.baddbmm(
-            self.batched_fc1_bias.unsqueeze(1), dispatched, self.batched_fc1_w.transpose(1, 2)
+    def forward(
+        self, tokens: Tensor, counts: list[int], activation: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        """Run expert e on its ``counts[e]`` consecutive rows of tokens (K, D) -> (K, D_out).
+
+        Under autocast the matmuls run in the autocast dtype, as autocast would run them.
+        """
+        params = (
+            self.batched_fc1_w,
+            self.batched_fc1_bias,
+            self.batched_fc2_w,
+            self.batched_fc2_bias,
         )
-        return torch.baddbmm(
-            self.batched_fc2_bias.unsqueeze(1), activation(hidden), self.batched_fc2_w
-        )
+        device_type = tokens.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            params = tuple(param.to(dtype) for param in params)
+            tokens = tokens.to(dtype)
+        fc1_w, fc1_b, fc2_w, fc2_b = params
+        bounds = [0, *itertools.accumulate(counts)]
+        with torch.autocast(device_type, enabled=False):
+            hidden = GroupedLinear.apply(tokens, fc1_w, fc1_b, bounds, True)
+            return GroupedLinear.apply(activation(hidden), fc2_w, fc2_b, bounds, False)
 
 
 def init_experts(experts: nn.Module) -> None:
@@ -240,25 +313,29 @@ class MoEMlp(nn.Module):
         kept = slots < routing.capacity
         token_index = kept.nonzero()[:, 0] // self.top_k
         kept_experts, kept_slots = experts[kept], slots[kept]
-        self._record_stats(experts, kept_experts, routing.capacity)
+        kept_counts = self._record_stats(experts, kept_experts, routing.capacity)
 
-        # Slots past the busiest expert's kept count would only hold zeros: skip computing them.
-        rows = int(kept_slots.max()) + 1 if kept_slots.numel() else 0
-        buffer_index = kept_experts * rows + kept_slots
+        # An expert's kept slots are exactly 0..kept-1, so expert offset + slot puts the kept
+        # (token, choice) pairs in expert order, each expert's in slot order.
+        offsets = kept_counts.cumsum(0) - kept_counts
+        order = torch.empty_like(kept_slots)
+        order[offsets[kept_experts] + kept_slots] = torch.arange(
+            kept_slots.numel(), device=order.device
+        )
+        token_index = token_index[order]
+        gates = routing.gates.reshape(-1)[kept][order]
         if not torch.is_autocast_enabled(tokens.device.type):
             tokens = tokens.to(self.experts.batched_fc1_w.dtype)
-        dispatched = tokens.new_zeros(self.num_experts * rows, self.dim)
-        dispatched = dispatched.index_copy(0, buffer_index, tokens[token_index])
         expert_out = self.experts(
-            dispatched.view(self.num_experts, rows, self.dim), self._hidden_activation
+            tokens.index_select(0, token_index), kept_counts.tolist(), self._hidden_activation
         )
-        gathered = expert_out.reshape(-1, self.out_dim)[buffer_index].float()
-        weighted = routing.gates.reshape(-1)[kept].unsqueeze(1) * gathered
+        weighted = gates.unsqueeze(1) * expert_out.float()
         out = weighted.new_zeros(tokens.size(0), self.out_dim)
         return out.index_add(0, token_index, weighted)
 
     @torch.no_grad()
-    def _record_stats(self, experts: Tensor, kept_experts: Tensor, capacity: int) -> None:
+    def _record_stats(self, experts: Tensor, kept_experts: Tensor, capacity: int) -> Tensor:
+        """Fill ``last_stats`` and return the kept count per expert."""
         load = torch.bincount(experts, minlength=self.num_experts)
         kept = torch.bincount(kept_experts, minlength=self.num_experts)
         self.last_stats = {
@@ -267,3 +344,4 @@ class MoEMlp(nn.Module):
             "dropped_fraction": 1.0 - kept.sum().float() / experts.numel(),
             "capacity": capacity,
         }
+        return kept
