@@ -131,15 +131,11 @@ def test_zero_capacity_factor_drops_nothing() -> None:
     assert bool((out.abs().sum(1) > 0).all())
 
 
-@pytest.mark.parametrize(
-    ("top_k", "batch_prioritized", "capacity_factor"),
-    [(1, True, 1.25), (1, False, 0.6), (1, True, 0.6), (2, True, 0.8), (2, False, 0.7)],
-)
-def test_matches_per_token_reference(
-    top_k: int, batch_prioritized: bool, capacity_factor: float
-) -> None:
-    """Random weights and tokens, capacities that drop tokens: every output matches."""
-    torch.manual_seed(top_k * 10 + int(batch_prioritized))
+def random_layer(
+    top_k: int, batch_prioritized: bool, capacity_factor: float, *, seed: int, expert_seed: int
+) -> MoEMlp:
+    """A 4-expert layer (D 6, H 10) in eval mode with a random gate and random experts."""
+    torch.manual_seed(seed)
     layer = MoEMlp(
         6,
         10,
@@ -150,7 +146,25 @@ def test_matches_per_token_reference(
     ).eval()
     with torch.no_grad():
         layer.gates[0].wg.weight.normal_()
-    randomised_experts(layer, seed=2)
+    randomised_experts(layer, seed=expert_seed)
+    return layer
+
+
+@pytest.mark.parametrize(
+    ("top_k", "batch_prioritized", "capacity_factor"),
+    [(1, True, 1.25), (1, False, 0.6), (1, True, 0.6), (2, True, 0.8), (2, False, 0.7)],
+)
+def test_matches_per_token_reference(
+    top_k: int, batch_prioritized: bool, capacity_factor: float
+) -> None:
+    """Random weights and tokens, capacities that drop tokens: every output matches."""
+    layer = random_layer(
+        top_k,
+        batch_prioritized,
+        capacity_factor,
+        seed=top_k * 10 + int(batch_prioritized),
+        expert_seed=2,
+    )
     tokens = torch.randn(23, 6)
     expected, dropped, capacity = reference_forward(layer, tokens)
     out = layer(tokens)
@@ -168,18 +182,7 @@ def test_gradients_match_per_token_reference(
     top_k: int, batch_prioritized: bool, capacity_factor: float
 ) -> None:
     """The hand-written expert backward gives autograd's gradients for every input."""
-    torch.manual_seed(20 + top_k)
-    layer = MoEMlp(
-        6,
-        10,
-        num_experts=4,
-        top_k=top_k,
-        capacity_factor=capacity_factor,
-        batch_prioritized=batch_prioritized,
-    ).eval()
-    with torch.no_grad():
-        layer.gates[0].wg.weight.normal_()
-    randomised_experts(layer, seed=5)
+    layer = random_layer(top_k, batch_prioritized, capacity_factor, seed=20 + top_k, expert_seed=5)
     tokens = torch.randn(19, 6, requires_grad=True)
     upstream = torch.randn(19, 6)
     params = [tokens, *layer.parameters()]
