@@ -41,7 +41,7 @@ from msgfm.model.factory import resolve_config
 from msgfm.tracking import TrackedRun, config_hash, git_commit, resolve_tracking_uri
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.distributed import DistContext, cleanup_distributed, init_distributed
-from msgfm.train.optim import build_optimizer, build_scheduler
+from msgfm.train.optim import build_optimization
 from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -135,18 +135,9 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
         weight_decay=float(settings["weight_decay"]),
     )
     aux_weight = float(resolve_config(cfg["model"])["aux_weight"])
-    optimizer = build_optimizer(
-        groups, lr=float(settings["lr"]), betas=tuple(settings["betas"]), eps=float(settings["eps"])
-    )
     epochs = int(settings["epochs"])
-    scheduler = build_scheduler(
-        optimizer,
-        schedule=settings["schedule"],
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        warmup_epochs=float(settings["warmup_epochs"]),
-        warmup_lr=float(settings["warmup_lr"]),
-        min_lr=float(settings["min_lr"]),
+    optimizer, scheduler = build_optimization(
+        groups, settings, lr=float(settings["lr"]), epochs=epochs, steps_per_epoch=steps_per_epoch
     )
     fraction = format_fraction(cfg["fraction"])
     inputs = "+".join(spec.sensors)

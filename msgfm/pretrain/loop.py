@@ -45,7 +45,7 @@ from msgfm.pretrain.teachers import add_teacher_targets, model_overrides, teache
 from msgfm.tracking import TrackedRun, config_hash, git_commit, resolve_tracking_uri
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.distributed import DistContext, cleanup_distributed, init_distributed
-from msgfm.train.optim import build_optimizer, build_scheduler, param_groups
+from msgfm.train.optim import build_optimization, param_groups
 from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -171,18 +171,13 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         lr_scale_by_prefix=sensor_lr_scales(specs, sensors),
     )
     base_lr = max(s.lr for s in specs)
-    optimizer = build_optimizer(
-        groups, lr=base_lr, betas=tuple(pre["betas"]), eps=float(pre["eps"])
-    )
     epochs = int(variant["epochs"])
-    scheduler = build_scheduler(
-        optimizer,
-        schedule=pre["schedule"],
+    optimizer, scheduler = build_optimization(
+        groups,
+        pre,
+        lr=base_lr,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        warmup_epochs=float(pre["warmup_epochs"]),
-        warmup_lr=float(pre["warmup_lr"]),
-        min_lr=float(pre["min_lr"]),
         milestones=pre.get("milestones", {}).get(str(epochs), []),
     )
     tracked = TrackedRun(

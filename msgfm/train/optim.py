@@ -121,3 +121,31 @@ def build_scheduler(
     )
     scheduler.step_update(0)  # apply warm-up start and lr_scale before the first step
     return scheduler
+
+
+def build_optimization(
+    groups: Iterable[dict[str, Any]],
+    settings: Mapping[str, Any],
+    *,
+    lr: float,
+    epochs: int,
+    steps_per_epoch: int,
+    milestones: Iterable[int] = (),
+) -> tuple[torch.optim.AdamW, Any]:
+    """AdamW and its per-iteration schedule from a job's settings (the config's ``pretrain`` or
+    ``finetune`` block: betas, eps, schedule, warmup_epochs, warmup_lr, min_lr), so pretraining
+    and finetuning read the same keys the same way."""
+    optimizer = build_optimizer(
+        groups, lr=lr, betas=tuple(settings["betas"]), eps=float(settings["eps"])
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        schedule=settings["schedule"],
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=float(settings["warmup_epochs"]),
+        warmup_lr=float(settings["warmup_lr"]),
+        min_lr=float(settings["min_lr"]),
+        milestones=milestones,
+    )
+    return optimizer, scheduler
