@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from msgfm.data.loader import to_tensor
+from msgfm.data.shards import ShardSet
+from msgfm.data.statistics import role_statistics
 from msgfm.data.tiling.pretrain import tile_pretrain
 from msgfm.model.factory import load_encoder
 from msgfm.model.masking import MaskGenerator
@@ -80,6 +83,17 @@ def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(shard
     backbone = load_encoder(out / "encoder.pt", ["s2", "sar"], stack=True)
     features = backbone(torch.randn(1, 15, 64, 64))
     assert features.shape == (1, backbone.num_features, 2, 2)
+    # the stems standardise with the statistics of the shards they were trained on
+    sar = ShardSet(shards / "sen12ms")
+    mean, std = role_statistics([sar], "sar", to_tensor)
+    assert torch.equal(backbone.stacked.input_mean[13:], mean)
+    assert torch.equal(backbone.stacked.input_std[13:], std)
+    assert float(mean.min()) > 0.2 and float(std.min()) > 0.01  # measured, not the identity
+    rgb = load_encoder(out / "encoder.pt", ["rgb"]).embeds["rgb"]  # geopile + mdas RGB
+    expected = role_statistics(
+        [ShardSet(shards / "geopile"), ShardSet(shards / "mdas")], "rgb", to_tensor
+    )
+    assert torch.equal(rgb.input_mean, expected[0])
 
     import mlflow
 

@@ -164,7 +164,8 @@ def _load_msgfm(
     checkpoint: Path | Mapping[str, Any] | None,
     sensors: Sequence[str],
     model_cfg: Mapping[str, Any] | None,
-) -> PretrainedBackbone:
+) -> tuple[PretrainedBackbone, set[str]]:
+    """The checkpoint's backbone with stems for ``sensors`` and the sensors it brought itself."""
     if checkpoint is None:
         raise BackboneError("init 'msgfm' needs the pretraining checkpoint (encoder.pt)")
     origin = str(checkpoint) if isinstance(checkpoint, str | Path) else "<checkpoint dict>"
@@ -192,7 +193,7 @@ def _load_msgfm(
     backbone = load_encoder({"config": config, "model": state["model"]})
     # a pretraining sensor the checkpoint lacks is a mismatch, not something to improvise
     stems = _complete_stems(dict(backbone.embeds), sensors, origin, NEW_SENSORS)
-    return PretrainedBackbone(stems, backbone.encoder)
+    return PretrainedBackbone(stems, backbone.encoder), set(backbone.embeds)
 
 
 def _random(sensors: Sequence[str], model_cfg: Mapping[str, Any] | None) -> PretrainedBackbone:
@@ -273,7 +274,9 @@ def _in22k(
         raise BackboneError(f"{origin}: {error}") from None
     encoder.load_state_dict(weights)
     rgb = SensorPatchEmbed(3, config["embed_dim"], config["patch_size"])
-    rgb.load_state_dict(stem_state)
+    # timm's stem has weights only: its input statistics stay the identity until
+    # build_backbone gives it the task's (ImageNet-normalised RGB is ~standard already)
+    rgb.load_state_dict({**rgb.state_dict(), **stem_state})
     return PretrainedBackbone(_complete_stems({"rgb": rgb}, sensors, origin), encoder)
 
 
@@ -285,8 +288,14 @@ def build_backbone(
     checkpoint: Path | Mapping[str, Any] | None = None,
     model_cfg: Mapping[str, Any] | None = None,
     img_size: int,
+    input_statistics: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> PretrainedBackbone:
     """Stems for ``sensors`` (stacking order) + the shared encoder, ready for ``img_size``.
+
+    ``input_statistics``: per sensor, the per-band (mean, std) the stems standardise with when
+    they bring none of their own: every stem of a random or IN-22k init and the stems derived
+    for new sensors; an msGFM stem keeps the statistics of its pretraining data, as its weights
+    expect them.
 
     ``checkpoint``: the ``encoder.pt`` for "msgfm"; for "in22k" a timm Swin state dict (file
     or mapping; None downloads it through timm). The returned backbone carries
@@ -298,12 +307,16 @@ def build_backbone(
         raise ValueError(f"unknown transfer {transfer!r}; expected one of {TRANSFERS}")
     if not sensors or len(set(sensors)) != len(sensors):
         raise ValueError(f"sensors must be a non-empty list without repeats, got {sensors}")
+    pretrained: set[str] = set()
     if init == "msgfm":
-        backbone = _load_msgfm(checkpoint, sensors, model_cfg)
+        backbone, pretrained = _load_msgfm(checkpoint, sensors, model_cfg)
     elif init == "random":
         backbone = _random(sensors, model_cfg)
     else:
         backbone = _in22k(checkpoint, sensors, model_cfg)
+    for sensor, stem in backbone.embeds.items():
+        if sensor not in pretrained and sensor in (input_statistics or {}):
+            stem.set_input_statistics(*input_statistics[sensor])
     encoder = backbone.encoder
     unit = encoder.stride * encoder.window_size
     if img_size % unit:

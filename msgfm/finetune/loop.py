@@ -28,11 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from msgfm.data.shards import ShardSet
+from msgfm.data.statistics import role_statistics
 from msgfm.finetune.data import (
     EpochBatchSampler,
     TaskDataset,
     TaskSpec,
     collate,
+    role_tensor,
     task_spec,
     with_inputs,
 )
@@ -77,13 +79,17 @@ def native_sizes(
     return native, output if spec.kind != "classification" else None
 
 
-def build_model(cfg: Mapping[str, Any], spec: TaskSpec, shards: ShardSet) -> nn.Module:
-    """Backbone from its init (a pretraining variant's encoder.pt, random, in22k) + task head."""
+def build_model(
+    cfg: Mapping[str, Any], spec: TaskSpec, shards: ShardSet, train: ShardSet
+) -> nn.Module:
+    """Backbone from its init (a pretraining variant's encoder.pt, random, in22k) + task head;
+    stems without statistics of their own standardise with those of ``train``'s inputs."""
     from msgfm.finetune.model import build_finetune_model
 
     settings = cfg["finetune"]
     native, output = native_sizes(spec, shards, settings.get("data_size"))
     init = cfg["init"] if cfg["init"] in ("random", "in22k") else "msgfm"
+    roles = [role for role, _ in spec.inputs]
     return build_finetune_model(
         spec.name,
         init=init,
@@ -94,6 +100,12 @@ def build_model(cfg: Mapping[str, Any], spec: TaskSpec, shards: ShardSet) -> nn.
         native_size=native,
         img_size=settings.get("img_size"),
         output_size=output,
+        input_statistics={role: role_statistics([train], role, role_tensor) for role in roles},
+        band_valid={
+            role: valid
+            for role, valid in shards.meta.get("valid_bands", {}).items()
+            if role in roles
+        },
     )
 
 
@@ -124,7 +136,7 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
 
     from msgfm.finetune.model import layer_decay_groups
 
-    model = build_model(cfg, spec, shards).to(ctx.device)
+    model = build_model(cfg, spec, shards, train).to(ctx.device)
     if spec.kind == "classification":
         positives = np.sum([train.get(i, [spec.target])[spec.target] for i in range(len(train))], 0)
         model.head.init_bias_to_prior(torch.as_tensor(positives), len(train))

@@ -77,11 +77,18 @@ class FinetuneModel(nn.Module):
         transfer: str = "stacked",
         input_size: int | None = None,
         output_size: int | None = None,
+        band_valid: Mapping[str, Sequence[bool]] | None = None,
     ) -> None:
         super().__init__()
         self.spec = task_spec(task)
         self.keys = list(sensors)
         self.stems = [_sensor_of(self.spec, key) for key in self.keys]
+        # Per input key, the bands the dataset has (None: all); a constant of the task.
+        self.band_valid = {
+            key: torch.as_tensor(list(valid), dtype=torch.bool)
+            for key, valid in (band_valid or {}).items()
+            if key in self.keys and not all(valid)
+        }
         self.transfer = transfer
         if transfer == "stacked":
             stacked = getattr(backbone.stacked, "sensors", None)
@@ -122,13 +129,29 @@ class FinetuneModel(nn.Module):
         self, images: list[torch.Tensor], dense: bool
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         encoder = self.backbone.encoder
+        valid = [self._valid(key, image) for key, image in zip(self.keys, images, strict=True)]
         if self.transfer == "stacked":
-            out = self.backbone.forward_features(torch.cat(images, 1), None, return_stages=dense)
+            stacked_valid = (
+                None
+                if all(v is None for v in valid)
+                else torch.cat(
+                    [
+                        v if v is not None else image.new_ones(len(image), image.shape[1])
+                        for v, image in zip(valid, images, strict=True)
+                    ],
+                    1,
+                )
+            )
+            out = self.backbone.forward_features(
+                torch.cat(images, 1), None, return_stages=dense, band_valid=stacked_valid
+            )
             self._aux = encoder.aux_loss()
             return out if dense else (out, None)
         finals, stages, aux = [], [], []
-        for image, sensor in zip(images, self.stems, strict=True):
-            out = self.backbone.forward_features(image, sensor, return_stages=dense)
+        for image, sensor, bands in zip(images, self.stems, valid, strict=True):
+            out = self.backbone.forward_features(
+                image, sensor, return_stages=dense, band_valid=bands
+            )
             final, per_stage = out if dense else (out, None)
             finals.append(final)
             stages.append(per_stage)
@@ -136,6 +159,13 @@ class FinetuneModel(nn.Module):
         self._aux = torch.stack(aux).sum()
         merged = [torch.cat(level, 1) for level in zip(*stages, strict=True)] if dense else None
         return torch.cat(finals, 1), merged
+
+    def _valid(self, key: str, image: torch.Tensor) -> torch.Tensor | None:
+        """(B, C) band validity of one input, None when it has every band."""
+        valid = self.band_valid.get(key)
+        if valid is None:
+            return None
+        return valid.to(device=image.device, dtype=image.dtype).expand(len(image), -1)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # each input under its own key, or under its stem's sensor name (role s2_cloudy → s2)
@@ -199,10 +229,16 @@ def build_finetune_model(
     img_size: int | None = None,
     output_size: int | None = None,
     head_channels: int | None = None,
+    input_statistics: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    band_valid: Mapping[str, Sequence[bool]] | None = None,
 ) -> FinetuneModel:
     """Backbone + head + model in one call.
 
     ``sensors``: the inputs' keys in stacking order (default: all the task's roles).
+    ``input_statistics``: per input key, the per-band (mean, std) of the task's training inputs
+    for the stems that bring none of their own (see ``build_backbone``).
+    ``band_valid``: per input key, which bands the dataset really has (the shard set's
+    ``valid_bands``); the stems zero the others after standardisation.
     ``img_size``: the encoder's input size; by default ``input_size_for(native_size)``.
     ``output_size``: the dense output's side when it differs from the input's (SpaceNet2's
     650 px target); it also sets the decoder's upsampling (the next power of two above
@@ -222,6 +258,11 @@ def build_finetune_model(
         checkpoint=checkpoint,
         model_cfg=model_cfg,
         img_size=img_size,
+        input_statistics={
+            stem: input_statistics[key]
+            for key, stem in zip(keys, stems, strict=True)
+            if key in (input_statistics or {})
+        },
     )
     ratio = (output_size or img_size) / img_size
     out_scale = 2 ** max(0, math.ceil(math.log2(ratio)))
@@ -244,6 +285,7 @@ def build_finetune_model(
         transfer=transfer,
         input_size=img_size,
         output_size=output_size,
+        band_valid=band_valid,
     )
 
 

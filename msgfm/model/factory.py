@@ -246,16 +246,22 @@ class PretrainedBackbone(nn.Module):
         self.stage_dims = list(encoder.dims)
 
     def forward_features(
-        self, image: torch.Tensor, sensor: str | None = None, return_stages: bool = False
+        self,
+        image: torch.Tensor,
+        sensor: str | None = None,
+        return_stages: bool = False,
+        band_valid: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Input in the data layer's normalisation (the stems standardise it themselves);
+        ``band_valid`` (B, C) marks the bands a dataset really has (BigEarthNet: no B10)."""
         if sensor is None:
             if self.stacked is None:
                 raise ValueError(f"name the sensor (one of {sorted(self.embeds)}) or load stacked")
-            tokens = self.stacked(image)
+            tokens = self.stacked(image, band_valid)
         else:
             if sensor not in self.embeds:
                 raise KeyError(f"no patch embedding for {sensor!r}; have {sorted(self.embeds)}")
-            tokens = self.embeds[sensor](image)
+            tokens = self.embeds[sensor](image, band_valid)
         return self.encoder.forward_features(tokens, return_stages=return_stages)
 
     def forward(self, image: torch.Tensor, sensor: str | None = None) -> torch.Tensor:

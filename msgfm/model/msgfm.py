@@ -242,14 +242,20 @@ class MsGFM(nn.Module):
     def _pixel_loss(
         self, key: str, entry: Mapping[str, Any], features: torch.Tensor, cross: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """SimMIM's masked L1 on pixels; cross samples decode the partner through D_j."""
+        """SimMIM's masked L1 on pixels; cross samples decode the partner through D_j.
+
+        Targets are standardised by their own sensor's stem (per-band statistics), so D_i
+        predicts standardised pixels and the loss weighs every band and sensor alike.
+        """
         image, sensor = entry["image"], entry.get("sensor", key)
         mask_px = pixel_mask(entry["mask"], image.shape[-1] // entry["mask"].shape[-1])
         stride = image.shape[-1] // features.shape[-1]
-        groups = [("self", ~cross, sensor, patchify(image, stride))]
+        target = self._module_for(self.embeds, sensor).standardize(image)
+        groups = [("self", ~cross, sensor, patchify(target, stride))]
         if bool(cross.any()):
-            partner = patchify(entry["partner"], stride)
-            groups.append(("cross", cross, entry["partner_sensor"], partner))
+            partner_sensor = entry["partner_sensor"]
+            partner = self._module_for(self.embeds, partner_sensor).standardize(entry["partner"])
+            groups.append(("cross", cross, partner_sensor, patchify(partner, stride)))
         return self._grouped_loss(
             key, features, groups, patchify(mask_px, stride), masked_l1_terms, "l1"
         )

@@ -28,8 +28,14 @@ from typing import Any
 
 import torch
 
-from msgfm.data.loader import MultiSourceBatchSampler, MultiSourceDataset, collate_multisource
+from msgfm.data.loader import (
+    MultiSourceBatchSampler,
+    MultiSourceDataset,
+    collate_multisource,
+    to_tensor,
+)
 from msgfm.data.shards import ShardSet
+from msgfm.data.statistics import role_statistics
 from msgfm.model.factory import build_mask_generator, build_model
 from msgfm.model.moe import MoEMlp
 from msgfm.pretrain.batches import (
@@ -106,6 +112,17 @@ def open_sources(
     return sets, read
 
 
+def measure_input_statistics(
+    model: torch.nn.Module, sets: Mapping[str, list[ShardSet]], read: Mapping[str, list[str]]
+) -> None:
+    """Each stem's per-band statistics from every source that feeds its sensor; a stem no
+    source feeds (a single-sensor variant's others) keeps the identity."""
+    for sensor, stem in model.embeds.items():
+        feeding = [one for name, group in sets.items() if sensor in read[name] for one in group]
+        if feeding:
+            stem.set_input_statistics(*role_statistics(feeding, sensor, to_tensor))
+
+
 def moe_metrics(model: torch.nn.Module) -> dict[str, float]:
     """Dropped-token share and expert-load imbalance (cv) averaged over the MoE blocks."""
     dropped, imbalance = [], []
@@ -163,7 +180,9 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
     teacher = teacher_for_variant(variant, seed)
     if teacher is not None:
         teacher.to(ctx.device)
-    model = build_model(model_config(cfg, teacher.dim if teacher else None)).to(ctx.device)
+    model = build_model(model_config(cfg, teacher.dim if teacher else None))
+    measure_input_statistics(model, sets, sensors)
+    model.to(ctx.device)
     mask_generator = build_mask_generator(model.config)
     groups = param_groups(
         model,

@@ -20,11 +20,12 @@ from msgfm.train.checkpoint import unwrap
 def reconstruct(
     model: torch.nn.Module, image: torch.Tensor, sensor: str, target_sensor: str, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Decode the masked ``image`` of ``sensor`` through ``target_sensor``'s decoder."""
+    """Decode the masked ``image`` of ``sensor`` through ``target_sensor``'s decoder, back in
+    the data's units (the decoders predict standardised pixels)."""
     bare = unwrap(model)
     tokens = bare.embed(image, sensor, mask)
     features = bare.encoder.forward_features(tokens)
-    return bare.decoders[target_sensor](features)
+    return bare.embeds[target_sensor].unstandardize(bare.decoders[target_sensor](features))
 
 
 def reconstruction_examples(
