@@ -35,7 +35,8 @@ install_packages() {
 }
 
 write_config() {
-    if [ -f "$CONF_DIR/slurm.conf" ] && ! grep -qF "$MARK" "$CONF_DIR/slurm.conf"; then
+    # An empty file configures nothing (a write that once died of a full disk left one behind).
+    if [ -s "$CONF_DIR/slurm.conf" ] && ! grep -qF "$MARK" "$CONF_DIR/slurm.conf"; then
         die "$CONF_DIR/slurm.conf exists and was not written by this script; refusing to replace it"
     fi
     local node cpus mem
@@ -50,7 +51,8 @@ write_config() {
     for ((i = 0; i < GPUS; i++)); do touch "$RUN_DIR/gpu$i"; done
     # /etc/slurm is where SLURM looks without SLURM_CONF; the jobstep plugin drops SLURM_CONF
     # before its inner srun, so another location would not reach the jobs' steps.
-    cat >"$CONF_DIR/slurm.conf" <<EOF
+    # Written beside the targets and renamed: a failed write never leaves a partial config.
+    cat >"$CONF_DIR/slurm.conf.tmp" <<EOF
 $MARK
 ClusterName=msgfm-localhost
 SlurmctldHost=$node(127.0.0.1)
@@ -83,11 +85,13 @@ SchedulerParameters=sched_interval=2
 NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=main Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
-    cat >"$CONF_DIR/gres.conf" <<EOF
+    cat >"$CONF_DIR/gres.conf.tmp" <<EOF
 $MARK
 AutoDetect=off
 NodeName=$node Name=gpu File=$RUN_DIR/gpu[0-$((GPUS - 1))]
 EOF
+    mv "$CONF_DIR/gres.conf.tmp" "$CONF_DIR/gres.conf"
+    mv "$CONF_DIR/slurm.conf.tmp" "$CONF_DIR/slurm.conf"
 }
 
 start_daemons() {
