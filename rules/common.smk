@@ -224,8 +224,14 @@ def finetune_model_config(init):
     return model
 
 
-def finetune_job_config(wildcards, input):
-    """The resolved config of one finetuning cell, as the job receives it (JSON)."""
+def finetune_job_config(wildcards):
+    """The resolved config of one finetuning cell, as the job receives it (JSON).
+
+    A function of the wildcards alone (the paths come from finetune_inputs): Snakemake does
+    not track params that take ``input`` (snakemake/snakemake#3895), and a changed setting
+    must rerun its cells.
+    """
+    input = finetune_inputs(wildcards)
     settings = config["finetune"]
     task_settings = {
         **settings["defaults"],
@@ -237,9 +243,9 @@ def finetune_job_config(wildcards, input):
         "transfer": wildcards.transfer,
         "fraction": float(wildcards.fraction),
         "seed": int(wildcards.seed),
-        "checkpoint": str(input.encoder) if "encoder" in input.keys() else None,
-        "subset": str(input.subset) if "subset" in input.keys() else None,
-        "shards": str(input.shards),
+        "checkpoint": str(input["encoder"]) if "encoder" in input else None,
+        "subset": str(input["subset"]) if "subset" in input else None,
+        "shards": str(input["shards"]),
         "model": finetune_model_config(wildcards.init),
         "finetune": task_settings,
         "results_root": str(RESULTS),

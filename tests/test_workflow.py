@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,6 +97,25 @@ def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:
         f"data_root={results}/data",
     )
     assert "Nothing to be done" in again.stdout + again.stderr
+    # A changed finetuning setting reruns exactly the cells it applies to (and the tables).
+    changed = tmp_path / "vaihingen_epochs.yaml"
+    changed.write_text(
+        "finetune:\n  tasks:\n    vaihingen:\n"
+        "      {epochs: 3, batch_size: 4, lr: 3.0e-4, weight_decay: 0.05}\n"
+    )
+    planned = snakemake(
+        "-n",
+        "--configfile",
+        "config/demo.yaml",
+        str(changed),
+        "--config",
+        f"results_root={results}",
+        f"data_root={results}/data",
+    )
+    log = planned.stdout + planned.stderr
+    outputs = re.findall(r"output: (\S+/finetune/\S+/metrics\.json)", log)
+    assert len(outputs) == 2 and all("/vaihingen/" in o for o in outputs), log[-3000:]
+    assert "Params have changed" in log
     # The HTML report carries the tables and one summary image per pretrained variant.
     report = tmp_path / "report.html"
     made = snakemake(
