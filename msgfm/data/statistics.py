@@ -41,26 +41,20 @@ def role_statistics(
     ``to_tensor(role, raw_row)`` is the job's own conversion, so the statistics are those of
     the tensors the stem receives.
     """
-    total = count = squares = None
+    sums = None  # per band: pixel count, sum, sum of squares
     for shardset in sets:
         valid = shardset.meta.get("valid_bands", {}).get(role)
         for row in spaced_rows(len(shardset), limit):
-            image = to_tensor(role, shardset.get(int(row), [role])[role]).double()
-            if total is None:
-                channels = image.shape[0]
-                total, squares = torch.zeros(channels, dtype=torch.float64), torch.zeros(
-                    channels, dtype=torch.float64
-                )
-                count = torch.zeros(channels, dtype=torch.float64)
-            use = torch.ones(image.shape[0], dtype=torch.float64)
+            pixels = to_tensor(role, shardset.get(int(row), [role])[role]).double().flatten(1)
+            use = torch.ones(len(pixels), dtype=torch.float64)
             if valid is not None:
                 use = torch.as_tensor(valid, dtype=torch.float64)
-            pixels = image.flatten(1)
-            total += use * pixels.sum(1)
-            squares += use * (pixels**2).sum(1)
-            count += use * pixels.shape[1]
-    if total is None:
+            count = torch.full_like(use, pixels.shape[1])
+            part = torch.stack([count, pixels.sum(1), (pixels**2).sum(1)]) * use
+            sums = part if sums is None else sums + part
+    if sums is None:
         raise ValueError(f"no rows to measure role {role!r} in {[str(s.path) for s in sets]}")
+    count, total, squares = sums
     seen = count > 0
     mean = torch.where(seen, total / count.clamp_min(1), torch.zeros_like(total))
     variance = torch.where(seen, squares / count.clamp_min(1) - mean**2, torch.ones_like(total))
