@@ -11,8 +11,10 @@ from torch import nn
 
 from msgfm.train.checkpoint import (
     CheckpointError,
+    ProcessLayout,
     TrainPosition,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
 )
 from msgfm.train.optim import build_optimizer, build_scheduler, param_groups
@@ -107,6 +109,23 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, sched: object, ste
         sched.step_update(step + 1)
 
 
+ONE = ProcessLayout(1, {"train": 4})
+
+
+def save(directory, model, opt, sched, position, config_hash, layout=ONE) -> None:
+    save_checkpoint(
+        directory, model=model, optimizer=opt, scheduler=sched, position=position,
+        config_hash=config_hash, rng_states=[rng_state()] * layout.world_size, layout=layout,
+    )  # fmt: skip
+
+
+def load(directory, model, opt, sched, config_hash, layout=ONE, rank=0):
+    return load_checkpoint(
+        directory, model=model, optimizer=opt, scheduler=sched, config_hash=config_hash,
+        layout=layout, rank=rank,
+    )  # fmt: skip
+
+
 def test_resume_from_checkpoint_is_bitwise_identical(tmp_path) -> None:
     model, opt, sched = make_state()
     train_steps(model, opt, sched, range(6))
@@ -114,16 +133,11 @@ def test_resume_from_checkpoint_is_bitwise_identical(tmp_path) -> None:
 
     model, opt, sched = make_state()
     train_steps(model, opt, sched, range(3))
-    save_checkpoint(
-        tmp_path, model=model, optimizer=opt, scheduler=sched,
-        position=TrainPosition(epoch=0, step=3, global_step=3), config_hash="abc",
-    )  # fmt: skip
+    save(tmp_path, model, opt, sched, TrainPosition(epoch=0, step=3, global_step=3), "abc")
     train_steps(model, opt, sched, range(3, 4))  # work after the checkpoint is lost
 
     model, opt, sched = make_state()
-    position, _ = load_checkpoint(
-        tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="abc"
-    )
+    position, _ = load(tmp_path, model, opt, sched, "abc")
     assert position == TrainPosition(epoch=0, step=3, global_step=3)
     train_steps(model, opt, sched, range(3, 6))
     for key, value in model.state_dict().items():
@@ -132,34 +146,60 @@ def test_resume_from_checkpoint_is_bitwise_identical(tmp_path) -> None:
 
 def test_checkpoint_of_another_config_is_set_aside_not_resumed(tmp_path) -> None:
     model, opt, sched = make_state()
-    save_checkpoint(
-        tmp_path, model=model, optimizer=opt, scheduler=sched,
-        position=TrainPosition(step=2), config_hash="abc",
-    )  # fmt: skip
-    assert load_checkpoint(
-        tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="xyz"
-    ) is None  # fmt: skip
+    two = ProcessLayout(2, {"train": 4})
+    save(tmp_path, model, opt, sched, TrainPosition(step=2), "abc", two)
+    # rank 1 starts afresh and leaves the file to rank 0, the only one that moves it
+    assert load(tmp_path, model, opt, sched, "xyz", two, rank=1) is None
+    assert (tmp_path / "last.pt").exists()
+    assert load(tmp_path, model, opt, sched, "xyz", two, rank=0) is None
     assert not (tmp_path / "last.pt").exists()
     kept = torch.load(tmp_path / "superseded-abc.pt", weights_only=False)
     assert kept["position"]["step"] == 2
+    assert kept["layout"] == {"world_size": 2, "per_rank_batch": {"train": 4},
+                              "global_batch": {"train": 8}}  # fmt: skip
+
+
+def test_resume_under_another_world_size_stops_naming_both(tmp_path) -> None:
+    model, opt, sched = make_state()
+    save(tmp_path, model, opt, sched, TrainPosition(step=2), "abc", ProcessLayout(8, {"rgb": 128}))
+    sixteen = ProcessLayout(16, {"rgb": 128})
+    with pytest.raises(CheckpointError, match=r"8 process\(es\).*1024.*this run has 16.*2048"):
+        load(tmp_path, model, opt, sched, "abc", sixteen)
+    assert (tmp_path / "last.pt").exists()  # nothing moved, nothing lost
+
+
+def test_each_rank_resumes_its_own_random_state(tmp_path) -> None:
+    model, opt, sched = make_state()
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(rng_state())
+    save_checkpoint(
+        tmp_path, model=model, optimizer=opt, scheduler=sched, position=TrainPosition(step=1),
+        config_hash="abc", rng_states=states, layout=ProcessLayout(2, {"train": 4}),
+    )  # fmt: skip
+    draws = []
+    for rank in (0, 1):
+        load(tmp_path, model, opt, sched, "abc", ProcessLayout(2, {"train": 4}), rank=rank)
+        draws.append(torch.rand(3))
+    for seed, draw in zip((1, 2), draws, strict=True):
+        torch.manual_seed(seed)
+        assert torch.equal(draw, torch.rand(3))
 
 
 def test_damaged_checkpoint_is_reported_with_its_path(tmp_path) -> None:
     model, opt, sched = make_state()
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"last\.pt"):
-        load_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="a")
+        load(tmp_path, model, opt, sched, "a")
 
 
 def test_no_checkpoint_means_fresh_start(tmp_path) -> None:
     model, opt, sched = make_state()
-    assert (
-        load_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, config_hash="a")
-        is None
-    )
+    assert load(tmp_path, model, opt, sched, "a") is None
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_preemption_signals_are_recorded_not_fatal(sig: signal.Signals) -> None:
     with PreemptionWatcher() as watcher:
         assert not watcher.triggered

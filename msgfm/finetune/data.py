@@ -197,6 +197,11 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.steps_per_epoch = -(-self.per_rank // batch_size)
         self.epoch, self.start_step = 0, 0
 
+    @property
+    def batch_sizes(self) -> dict[str, int]:
+        """The per-rank batch by source, as MultiSourceBatchSampler has it (one: the task's)."""
+        return {"train": self.batch_size}
+
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step {start_step} outside 0..{self.steps_per_epoch}")

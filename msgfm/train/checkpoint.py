@@ -1,10 +1,16 @@
 """Checkpoints that make a resumed run continue exactly where the interrupted one stopped.
 
 A checkpoint holds everything that decides the next step: model, optimiser and scheduler
-state, every random generator (Python, NumPy, torch CPU and CUDA), the data position (epoch and
-step within it) and the MLflow run id, so that a job killed by SLURM and requeued produces
-bitwise the same weights on CPU as one that was never interrupted. Files are written to a
-temporary name and renamed, so a kill during the write leaves the previous checkpoint intact.
+state, every rank's random generators (Python, NumPy, torch CPU and CUDA: each rank draws its
+own MoE gate noise), the data position (epoch and step within it) and the process layout it was
+written under (world size, per-rank and global batch), so that a job killed by SLURM and
+requeued produces bitwise the same weights on CPU as one that was never interrupted. Files are
+written to a temporary name and renamed, so a kill during the write leaves the previous
+checkpoint intact.
+
+A resume under another world size is refused, naming both: the data slices, the schedule (in
+steps) and the global batch all follow the world size, so continuing would silently train
+another run.
 """
 
 from __future__ import annotations
@@ -57,6 +63,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass(frozen=True)
+class ProcessLayout:
+    """The processes a checkpoint was written by: what a resume must match."""
+
+    world_size: int
+    per_rank_batch: dict[str, int]
+
+    @property
+    def global_batch(self) -> dict[str, int]:
+        return {name: size * self.world_size for name, size in self.per_rank_batch.items()}
+
+    def describe(self) -> str:
+        return f"{self.world_size} process(es), global batch {self.global_batch}"
+
+
 def save_checkpoint(
     directory: str | Path,
     *,
@@ -65,9 +86,14 @@ def save_checkpoint(
     scheduler: Any,
     position: TrainPosition,
     config_hash: str,
+    rng_states: list[dict[str, Any]],
+    layout: ProcessLayout,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``directory/last.pt`` atomically and return its path."""
+    """Write ``directory/last.pt`` atomically and return its path (rank 0 only).
+
+    ``rng_states``: every rank's :func:`rng_state`, in rank order.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -75,7 +101,8 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "position": asdict(position),
-        "rng": rng_state(),
+        "rng": rng_states,
+        "layout": {**asdict(layout), "global_batch": layout.global_batch},
         "config_hash": config_hash,
         "extra": extra or {},
     }
@@ -96,13 +123,17 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     config_hash: str,
+    layout: ProcessLayout,
+    rank: int = 0,
 ) -> tuple[TrainPosition, dict[str, Any]] | None:
     """Restore the state saved in ``directory`` if there is one; None for a fresh start.
 
-    A checkpoint written under another configuration is never resumed (that would mix two
-    ablation rows in one table cell): it is moved aside to ``superseded-<its hash>.pt``, kept
-    for the user, and training starts afresh. This is what happens when a config change makes
-    Snakemake rerun a job whose folder still holds the old run's checkpoint.
+    A checkpoint written by another number of processes stops the job with both counts
+    (module docstring). A checkpoint written under another configuration is never resumed
+    (that would mix two ablation rows in one table cell): rank 0 moves it aside to
+    ``superseded-<its hash>.pt``, kept for the user, and training starts afresh on every rank
+    (a rank that finds the file already moved starts afresh too). This is what happens when a
+    config change makes Snakemake rerun a job whose folder still holds the old run's checkpoint.
     """
     path = Path(directory) / LAST
     if not path.is_file():
@@ -113,8 +144,22 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path}: unreadable checkpoint ({exc}); delete it to restart"
         ) from exc
+    if "layout" not in payload:
+        raise CheckpointError(
+            f"{path} was written by an older msgfm that did not record its process layout; "
+            "move it away to start afresh"
+        )
+    saved = ProcessLayout(payload["layout"]["world_size"], payload["layout"]["per_rank_batch"])
+    if saved.world_size != layout.world_size:
+        raise CheckpointError(
+            f"{path} was written by {saved.describe()}; this run has {layout.describe()}. "
+            f"Run it again with {saved.world_size} process(es) (pretrain.nodes x "
+            "pretrain.gpus_per_node), or move the checkpoint away to start afresh"
+        )
     if payload.get("config_hash") != config_hash:
         aside = path.with_name(f"superseded-{payload.get('config_hash')}.pt")
+        if rank != 0:
+            return None
         os.replace(path, aside)
         log.warning(
             "%s was written for config %s, this run's config is %s: moved it to %s and "
@@ -126,7 +171,7 @@ def load_checkpoint(
     optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None and payload["scheduler"] is not None:
         scheduler.load_state_dict(payload["scheduler"])
-    set_rng_state(payload["rng"])
+    set_rng_state(payload["rng"][rank])
     return TrainPosition(**payload["position"]), payload["extra"]
 
 

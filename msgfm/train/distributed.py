@@ -1,7 +1,9 @@
 """Process-group setup for single-process and torchrun/srun multi-process training.
 
-torchrun (and srun through our SLURM rules) set RANK, LOCAL_RANK and WORLD_SIZE; nothing is
-passed on the command line (no ``--local_rank``). CPU runs use gloo, GPU runs NCCL.
+torchrun (started by msgfm.train.launch) sets RANK, LOCAL_RANK and WORLD_SIZE; nothing is
+passed on the command line (no ``--local_rank``). CPU runs use gloo, GPU runs NCCL. A
+single-node launch meets through a file store (``MSGFM_DIST_INIT``), so no TCP store listens on
+the node's network; several nodes meet at torchrun's store (``env://``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from msgfm.errors import MsgfmError
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,24 @@ def init_distributed(device: str = "auto") -> DistContext:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method=os.environ.get("MSGFM_DIST_INIT", "env://"),
+            rank=rank,
+            world_size=world_size,
+        )
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+def check_world_size(expected: int | None, ctx: DistContext) -> None:
+    """The launcher must start the processes the job's config (its identity) counts on: the
+    world size sets the global batch. ``None``: a config that does not say (a job run by hand)."""
+    if expected is not None and expected != ctx.world_size:
+        raise MsgfmError(
+            f"the job's config says world_size {expected} (pretrain.nodes x gpus_per_node, or "
+            f"finetune.gpus) but {ctx.world_size} process(es) were started: set the counts in "
+            "the workflow config, not in a profile's resources"
+        )
 
 
 def cleanup_distributed() -> None:
@@ -72,3 +92,12 @@ def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
     tensor = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item() > 0)
+
+
+def gather_objects(value: object, ctx: DistContext) -> list[object]:
+    """Every rank's ``value`` in rank order, on every rank (``[value]`` in a single process)."""
+    if not ctx.distributed:
+        return [value]
+    gathered: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

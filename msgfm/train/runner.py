@@ -25,8 +25,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from msgfm.tracking import TrackedRun
-from msgfm.train.checkpoint import TrainPosition, load_checkpoint, save_checkpoint
-from msgfm.train.distributed import DistContext, all_reduce_mean, broadcast_flag
+from msgfm.train.checkpoint import (
+    ProcessLayout,
+    TrainPosition,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
+from msgfm.train.distributed import DistContext, all_reduce_mean, broadcast_flag, gather_objects
 from msgfm.train.preemption import Preempted, PreemptionWatcher
 
 log = logging.getLogger(__name__)
@@ -96,12 +102,19 @@ class Trainer:
         """Load the checkpoint written under this config, if any (else start at step 0)."""
         resumed = load_checkpoint(
             self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
-            scheduler=self.scheduler, config_hash=self.config_hash,
+            scheduler=self.scheduler, config_hash=self.config_hash, layout=self.layout,
+            rank=self.ctx.rank,
         )  # fmt: skip
+        if self.ctx.distributed:  # every rank has read the file before the next write
+            torch.distributed.barrier()
         if resumed:
             self.position, extra = resumed
             self.device_seconds = float(extra.get("device_seconds", 0.0))
             log.info("resuming at epoch %d step %d", self.position.epoch, self.position.step)
+
+    @property
+    def layout(self) -> ProcessLayout:
+        return ProcessLayout(self.ctx.world_size, dict(self.loader.batch_sampler.batch_sizes))
 
     @property
     def device_hours(self) -> float:
@@ -109,10 +122,12 @@ class Trainer:
         return self.device_seconds * self.ctx.world_size / 3600.0
 
     def checkpoint(self) -> None:
+        rng_states = gather_objects(rng_state(), self.ctx)  # each rank draws its own noise
         if self.ctx.is_main:
             save_checkpoint(
                 self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
                 scheduler=self.scheduler, position=self.position, config_hash=self.config_hash,
+                rng_states=rng_states, layout=self.layout,
                 extra={"device_seconds": self.device_seconds},
             )  # fmt: skip
         if self.ctx.distributed:
