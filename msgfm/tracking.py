@@ -87,9 +87,22 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """A short stable hash of the resolved config: tags runs and guards checkpoints."""
+    """A short stable hash of a resolved config."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# Where a job reads and writes, not what it trains: moving the results folder or switching to a
+# tracking server must neither rerun a finished job nor set a half-done checkpoint aside.
+LOCATION_KEYS = frozenset(
+    {"shards_root", "results_root", "tracking_uri", "shards", "checkpoint", "subset"}
+)
+
+
+def job_hash(config: Mapping[str, Any]) -> str:
+    """The identity of a training job: the hash of what decides its weights (its config less
+    :data:`LOCATION_KEYS`). Guards its checkpoint and tags (and resumes) its MLflow run."""
+    return config_hash({k: v for k, v in config.items() if k not in LOCATION_KEYS})
 
 
 def git_commit() -> str:

@@ -29,13 +29,9 @@ rule tables:
         out=TABLES,
         transfer=config["tables"]["transfer"],
         results_root=RESULTS,
-        tracking_uri=(
-            f"--tracking-uri {config['tracking_uri']}"
-            if config["tracking_uri"]
-            else ""
-        ),
-    # Also logged to MLflow: a "tables" run per table, and tags on the runs behind each row.
+    # Also logged to MLflow (the store in MLFLOW_TRACKING_URI, rules/common.smk): a "tables"
+    # run per table, and tags on the runs behind each row.
     shell:
         "python -m msgfm tables --finetune-root {params.finetune_root} --out {params.out}"
         " --pretrain-root {params.pretrain_root} --transfer {params.transfer}"
-        " --results-root {params.results_root} {params.tracking_uri} {input} > {log} 2>&1"
+        " --results-root {params.results_root} {input} > {log} 2>&1"

@@ -40,9 +40,14 @@ from msgfm.finetune.data import (
 )
 from msgfm.finetune.subsets import format_fraction, train_split
 from msgfm.model.factory import resolve_config
-from msgfm.tracking import TrackedRun, config_hash, git_commit, resolve_tracking_uri
+from msgfm.tracking import TrackedRun, git_commit, job_hash, resolve_tracking_uri
 from msgfm.train.checkpoint import TrainPosition, unwrap
-from msgfm.train.distributed import DistContext, cleanup_distributed, init_distributed
+from msgfm.train.distributed import (
+    DistContext,
+    check_world_size,
+    cleanup_distributed,
+    init_distributed,
+)
 from msgfm.train.optim import build_optimization
 from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
 
@@ -114,7 +119,8 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
     settings, spec = cfg["finetune"], with_inputs(task_spec(cfg["task"]), cfg.get("inputs"))
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
-    chash = config_hash(cfg)
+    check_world_size(cfg.get("world_size"), ctx)
+    chash = job_hash(cfg)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", cfg)

@@ -48,9 +48,14 @@ from msgfm.pretrain.batches import (
 from msgfm.pretrain.figures import save_reconstruction_figure
 from msgfm.pretrain.reconstruct import reconstruction_examples
 from msgfm.pretrain.teachers import add_teacher_targets, model_overrides, teacher_for_variant
-from msgfm.tracking import TrackedRun, config_hash, git_commit, resolve_tracking_uri
+from msgfm.tracking import TrackedRun, git_commit, job_hash, resolve_tracking_uri
 from msgfm.train.checkpoint import TrainPosition, unwrap
-from msgfm.train.distributed import DistContext, cleanup_distributed, init_distributed
+from msgfm.train.distributed import (
+    DistContext,
+    check_world_size,
+    cleanup_distributed,
+    init_distributed,
+)
 from msgfm.train.optim import build_optimization, param_groups
 from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
 
@@ -153,7 +158,8 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
     pre, variant = cfg["pretrain"], cfg["variant"]
     seed = int(pre["seed"])
     torch.manual_seed(seed)
-    chash = config_hash(cfg)
+    check_world_size(cfg.get("world_size"), ctx)
+    chash = job_hash(cfg)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", cfg)
