@@ -19,6 +19,12 @@ from pathlib import Path
 from msgfm.errors import MsgfmError
 
 Handler = Callable[[argparse.Namespace], object]
+
+
+class ExitStatus(int):
+    """A verb's result that is the process's exit status (``launch``: its job's)."""
+
+
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -75,6 +81,12 @@ def _pretrain(args: argparse.Namespace) -> object:
     _cpu_training_allocator()
 
     return run_pretraining(json.loads(args.config_json), args.out)
+
+
+def _launch(args: argparse.Namespace) -> object:
+    from msgfm.train.launch import launch
+
+    return ExitStatus(launch(args))
 
 
 def _pretrain_summary(args: argparse.Namespace) -> object:
@@ -202,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--crop", type=int, default=None, help="Vaihingen crop size (512)")
     down.add_argument("--stride", type=int, default=None, help="Vaihingen crop stride (256)")
     down.add_argument("--rows-per-shard", type=int, default=1024)
+    launcher = verb(
+        "launch",
+        _launch,
+        "start a training verb's processes: one per GPU of N nodes, through torchrun (and srun "
+        "under SLURM); exits 75 after a preemption signal (msgfm.train.launch)",
+    )
+    from msgfm.train.launch import add_arguments
+
+    add_arguments(launcher)
     train = verb("pretrain", _pretrain, "pretrain one msGFM variant (resumes from its checkpoint)")
     train.add_argument("--config-json", required=True, help="the variant's resolved config")
     train.add_argument("--out", type=Path, required=True)
@@ -281,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MsgfmError as exc:
         print(f"msgfm {args.verb}: error: {exc}", file=sys.stderr)
         return 1
+    if isinstance(result, ExitStatus):
+        return int(result)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     elif result is not None:

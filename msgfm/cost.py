@@ -10,6 +10,7 @@ job logs its actual ``cost/device_hours`` for comparison.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 import pandas as pd
 
 SECONDS_PER_HOUR = 3600.0
+# Minutes of each time-limited SLURM job that train nothing: start-up, data statistics, the
+# warning lead in which the job checkpoints, the requeue.
+ATTEMPT_OVERHEAD_MIN = 15
 
 
 def shard_sizes(shards_root: Path) -> dict[str, int]:
@@ -59,8 +63,10 @@ def _samples(sizes: Mapping[str, int], dataset: str, configured: Mapping[str, in
 def pretrain_jobs(
     config: Mapping[str, Any], sizes: Mapping[str, int], throughput: Mapping[str, float]
 ) -> list[dict[str, Any]]:
-    """One line per pretraining variant: samples per epoch from the heterogeneous batches."""
-    pre, gpus = config["pretrain"], int(config["pretrain"]["gpus"])
+    """One line per pretraining variant: samples per epoch from the heterogeneous batches,
+    whose global size is the per-GPU batch × the job's GPUs on all its nodes."""
+    pre = config["pretrain"]
+    gpus = int(pre["nodes"]) * int(pre["gpus_per_node"])
     configured = config["cost"]["samples"]
 
     def samples_per_epoch(names: Iterable[str]) -> int:
@@ -93,6 +99,7 @@ def pretrain_jobs(
                 else f"table{variant['table']}",
                 "stage": "pretrain",
                 "job": name,
+                "nodes": int(pre["nodes"]),
                 "gpus": gpus,
                 "samples": epochs * per_epoch,
                 "gpu_hours": epochs * per_epoch / rate / SECONDS_PER_HOUR,
@@ -127,6 +134,7 @@ def finetune_jobs(
                             "table": grid_name,
                             "stage": "finetune",
                             "job": f"{task}/{init}/frac{fraction:g} x{cells}",
+                            "nodes": 1,
                             "gpus": int(settings["gpus"]),
                             "samples": samples * cells,
                             "gpu_hours": samples * cells / rate / SECONDS_PER_HOUR,
@@ -147,3 +155,15 @@ def estimate(
         .assign(total=lambda frame: frame.sum(axis=1))
     )
     return jobs, per_table
+
+
+def requeue_limit(
+    config: Mapping[str, Any], variant: str, sizes: Mapping[str, int], *, runtime_min: int
+) -> int:
+    """Times a variant's SLURM job may requeue itself at its time limit (msgfm.train.launch):
+    the chain of ``runtime_min``-minute jobs its estimated wall time needs, less the first,
+    plus ``resources.requeue_spare`` for preemptions and slower nodes than estimated."""
+    line = next(line for line in pretrain_jobs(config, sizes, {}) if line["job"] == variant)
+    wall_min = line["gpu_hours"] * 60 / line["gpus"]
+    chain = math.ceil(wall_min / max(runtime_min - ATTEMPT_OVERHEAD_MIN, 1))
+    return max(chain - 1, 0) + int(config["resources"]["requeue_spare"])

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from msgfm.cost import requeue_limit
+
 DATA = Path(config["data_root"])
 RESULTS = Path(config["results_root"])
 LOGS = RESULTS / "logs"
@@ -43,8 +45,16 @@ EXPERIMENTS = sorted(
     {table_experiment(v["table"]) for v in VARIANTS.values()}
     | {f"msgfm-{name}" for name in TABLE_NAMES}
 )
-# Settings of the pretraining rule itself, not of the training job.
-_RULE_ONLY = {"epochs_cap", "epochs_override", "gpus", "threads"}
+# Settings of the pretraining rule itself, not of the training job (the process layout reaches
+# the job as its world size).
+_RULE_ONLY = {"epochs_cap", "epochs_override", "nodes", "gpus_per_node", "threads"}
+PRETRAIN_WORLD_SIZE = config["pretrain"]["nodes"] * config["pretrain"]["gpus_per_node"]
+
+# The MLflow store travels to the jobs in the environment (locally, and through sbatch's
+# --export=ALL), never in their params: switching to a tracking server must not rerun finished
+# jobs. MLFLOW_TRACKING_URI set by the user wins, as in msgfm.tracking.resolve_tracking_uri.
+if config["tracking_uri"]:
+    os.environ.setdefault("MLFLOW_TRACKING_URI", config["tracking_uri"])
 
 
 wildcard_constraints:
@@ -95,19 +105,31 @@ def pretrain_job_config(wildcards):
         "pretrain": {
             k: v for k, v in config["pretrain"].items() if k not in _RULE_ONLY
         },
+        "world_size": PRETRAIN_WORLD_SIZE,
         "shards_root": str(SHARDS / "pretrain"),
         "results_root": str(RESULTS),
-        "tracking_uri": config["tracking_uri"],
         "experiment": table_experiment(variant["table"]),
     }
     return json.dumps(job, sort_keys=True)
 
 
-def launcher(gpus):
-    """One process per GPU through torchrun (DDP), a plain interpreter for one."""
-    if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node {gpus} -m msgfm"
-    return "python -m msgfm"
+def pretrain_requeues(wildcards):
+    """How often a variant's SLURM job may requeue itself at its time limit: the chain its
+    estimated runtime needs (msgfm.cost) plus resources.requeue_spare. A resource, not a
+    param: a changed estimate must not retrain a finished encoder."""
+    return requeue_limit(
+        config,
+        wildcards.variant,
+        shard_sizes_now(),
+        runtime_min=config["resources"]["pretrain_runtime"],
+    )
+
+
+def shard_sizes_now():
+    """Samples of the shard sets tiled so far (msgfm.cost falls back to cost.samples)."""
+    from msgfm.cost import shard_sizes
+
+    return shard_sizes(SHARDS)
 
 
 def all_targets():
@@ -248,8 +270,8 @@ def finetune_job_config(wildcards):
         "shards": str(input["shards"]),
         "model": finetune_model_config(wildcards.init),
         "finetune": task_settings,
+        "world_size": config["finetune"]["gpus"],
         "results_root": str(RESULTS),
-        "tracking_uri": config["tracking_uri"],
         "experiment": finetune_experiment(wildcards.init),
         "tags": finetune_tags(wildcards.init),
     }

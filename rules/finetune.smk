@@ -42,18 +42,21 @@ rule finetune:
         "../envs/pretrain.yaml"
     threads: config["finetune"]["threads"]
     resources:
-        gpu=config["finetune"]["gpus"],
+        # One node (msgfm.train.launch, as rules/pretrain.smk).
+        gpus_per_node=config["finetune"]["gpus"],
+        gres=f"gpu:{config['finetune']['gpus']}",
         runtime=config["resources"]["finetune_runtime"],
         mem_mb=config["resources"]["finetune_mem_mb"],
+        signal_lead=120,
+        requeues=config["resources"]["requeue_spare"],
     params:
         config=finetune_job_config,
         out=lambda wildcards, output: Path(output[0]).parent,
-        # As in rules/pretrain.smk: the profile's GPU count is torchrun's process count.
-        launch=lambda wildcards, resources: launcher(resources.gpu),
-    # exec: the warning TERM must reach the training process, not a shell in between.
+    # exec: the launcher must be the process that SLURM's warning signal reaches, not a shell.
     shell:
-        "exec {params.launch} --threads {threads} finetune --config-json {params.config:q}"
-        " --out {params.out} > {log} 2>&1"
+        "exec python -m msgfm launch --gpus-per-node {resources.gpus_per_node}"
+        " --grace {resources.signal_lead} --requeues {resources.requeues} -- --threads {threads}"
+        " finetune --config-json {params.config:q} --out {params.out} > {log} 2>&1"
 
 
 # A cell fed a subset of the task's sensors (config finetune.grids.<grid>.inputs; paper Fig. 4):

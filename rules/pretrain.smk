@@ -14,20 +14,26 @@ rule pretrain:
         "../envs/pretrain.yaml"
     threads: config["pretrain"]["threads"]
     resources:
-        gpu=config["pretrain"]["gpus"],
+        # One SLURM task per node, all of a node's GPUs on it (the slurm profile adds
+        # --ntasks-per-node=1): msgfm.train.launch starts torchrun on each node.
+        nodes=config["pretrain"]["nodes"],
+        gpus_per_node=config["pretrain"]["gpus_per_node"],
+        gres=f"gpu:{config['pretrain']['gpus_per_node']}",
         runtime=config["resources"]["pretrain_runtime"],
         mem_mb=config["resources"]["pretrain_mem_mb"],
+        # Seconds between the warning signal and the kill: the ranks' time to checkpoint (the
+        # slurm profile sets it with its --signal lead; locally, Ctrl-C's grace).
+        signal_lead=300,
+        requeues=pretrain_requeues,
     params:
         config=pretrain_job_config,
         out=lambda wildcards: PRETRAIN / wildcards.variant,
-        # From the job's resources, so a profile's GPU count (--profile slurm) is also
-        # torchrun's process count.
-        launch=lambda wildcards, resources: launcher(resources.gpu),
-    # exec: SLURM's warning TERM reaches every process of the job step; a shell in between
-    # would die of it at once instead of waiting for the checkpoint.
+    # exec: the launcher must be the process that SLURM's warning signal reaches, not a shell.
     shell:
-        "exec {params.launch} --threads {threads} pretrain --config-json {params.config:q}"
-        " --out {params.out} > {log} 2>&1"
+        "exec python -m msgfm launch --nodes {resources.nodes}"
+        " --gpus-per-node {resources.gpus_per_node} --grace {resources.signal_lead}"
+        " --requeues {resources.requeues} -- --threads {threads}"
+        " pretrain --config-json {params.config:q} --out {params.out} > {log} 2>&1"
 
 
 rule pretrain_summary:
@@ -51,11 +57,6 @@ rule pretrain_summary:
     params:
         job_dir=lambda wildcards: PRETRAIN / wildcards.variant,
         results_root=RESULTS,
-        tracking_uri=(
-            f"--tracking-uri {config['tracking_uri']}"
-            if config["tracking_uri"]
-            else ""
-        ),
     shell:
         "python -m msgfm pretrain-summary --job-dir {params.job_dir} --out {output}"
-        " --results-root {params.results_root} {params.tracking_uri} > {log} 2>&1"
+        " --results-root {params.results_root} > {log} 2>&1"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from msgfm.cost import estimate
+from msgfm.cost import estimate, requeue_limit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 def config() -> dict:
     return {
         "pretrain": {
-            "gpus": 2,
+            "nodes": 1,
+            "gpus_per_node": 2,
             "epochs_cap": None,
             "max_steps_per_epoch": None,
             "sources": {
@@ -45,6 +46,7 @@ def config() -> dict:
             "samples": {"geopile": 1000, "bigearthnet/train": 500},
             "throughput": {"pretrain": 10.0, "finetune": 5.0},
         },
+        "resources": {"requeue_spare": 2},
     }
 
 
@@ -61,6 +63,28 @@ def test_gpu_hours_follow_the_batches_epochs_and_throughput() -> None:
     assert vai.gpu_hours == pytest.approx(2 * 40 * 2 / 2.0 / 3600)  # measured 2 samples/s
     assert not jobs.job.str.contains("in22k").any()  # disabled init costs nothing
     assert per_table.loc["table6", "total"] == pytest.approx(jobs.gpu_hours.sum())
+
+
+def test_gpus_on_every_node_set_the_global_batch_and_the_device_hours() -> None:
+    cfg = config()
+    cfg["pretrain"].update(nodes=2, gpus_per_node=1)  # the same 2 GPUs on two nodes
+    jobs, _ = estimate(cfg, {"sen12ms": 300, "vaihingen/train": 40}, throughput={})
+    pretrain = jobs[jobs.stage == "pretrain"].iloc[0]
+    assert (pretrain.nodes, pretrain.gpus, pretrain.samples) == (2, 2, 3 * 900)
+    cfg["pretrain"].update(nodes=2, gpus_per_node=2)  # 4 GPUs: global batch 60, 15 steps/epoch
+    jobs, _ = estimate(cfg, {"sen12ms": 300, "vaihingen/train": 40}, throughput={})
+    assert jobs[jobs.stage == "pretrain"].iloc[0].samples == 3 * 15 * 15 * 4
+
+
+def test_a_run_longer_than_the_time_limit_is_a_chain_of_requeues() -> None:
+    cfg = config()
+    cfg["variants"]["a"]["epochs"] = 4000  # 4000 x 900 samples / 10 per s / 2 GPUs = 50 h wall
+    sizes = {"sen12ms": 300}
+    # 24 h jobs train 23.75 h each: three jobs, two requeues, plus the spare
+    assert requeue_limit(cfg, "a", sizes, runtime_min=1440) == 2 + 2
+    assert requeue_limit(cfg, "a", sizes, runtime_min=600) == 5 + 2  # 9.75 h each: six jobs
+    cfg["variants"]["a"]["epochs"] = 3  # minutes: one job, only the spare
+    assert requeue_limit(cfg, "a", sizes, runtime_min=1440) == 2
 
 
 def test_epochs_cap_and_override_as_the_workflow_applies_them() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,11 +62,16 @@ def job_config(shards: Path, results: Path, **pretrain: object) -> dict:
     }
 
 
-def run_job(config: dict, out: Path, *, launcher: list[str] | None = None) -> subprocess.Popen:
+def run_job(
+    config: dict, out: Path, *, launcher: list[str] | None = None, new_session: bool = False
+) -> subprocess.Popen:
     command = [*(launcher or [sys.executable, "-m", "msgfm"]), "pretrain"]
     command += ["--config-json", json.dumps(config), "--out", str(out)]
     log = open(out.parent / f"{out.name}.log", "a")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True,
+        start_new_session=new_session,
+    )  # fmt: skip
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -149,20 +157,29 @@ def test_a_changed_config_restarts_and_keeps_the_old_checkpoint(shards, tmp_path
     assert json.loads((out / "config.json").read_text())["pretrain"]["seed"] == 1
 
 
+def launch(*layout: str) -> list[str]:
+    """The launcher the training rules use (msgfm.train.launch), with a process layout."""
+    return [sys.executable, "-m", "msgfm", "launch", *layout, "--"]
+
+
+def halve_batches(config: dict, results: Path) -> dict:
+    """The same global batch on two ranks, writing under ``results``."""
+    halved = json.loads(json.dumps(config))
+    halved["results_root"] = str(results)
+    for source in halved["pretrain"]["sources"].values():
+        source["batch_size"] //= 2
+    return halved
+
+
 @pytest.mark.slow
 def test_two_ddp_processes_match_one_process_at_the_same_global_batch(shards, tmp_path):
     single_cfg = job_config(shards, tmp_path / "single-results", max_steps_per_epoch=3)
     single_cfg["variant"]["moe"] = False  # per-rank MoE routing differs by design (SPEC §2.1)
-    ddp_cfg = json.loads(json.dumps(single_cfg))
-    ddp_cfg["results_root"] = str(tmp_path / "ddp-results")
-    for source in ddp_cfg["pretrain"]["sources"].values():
-        source["batch_size"] //= 2  # per rank: the same global batch on 2 ranks
+    ddp_cfg = halve_batches(single_cfg, tmp_path / "ddp-results")
     single = tmp_path / "single"
     assert run_job(single_cfg, single).wait(timeout=600) == 0
     ddp = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    torchrun += ["--nproc-per-node", "2", "-m", "msgfm"]
-    proc = run_job(ddp_cfg, ddp, launcher=torchrun)
+    proc = run_job(ddp_cfg, ddp, launcher=launch("--gpus-per-node", "2"))
     assert proc.wait(timeout=600) == 0, (tmp_path / "ddp.log").read_text()[-3000:]
     one, two = weights(single), weights(ddp)
     changed = 0
@@ -170,6 +187,73 @@ def test_two_ddp_processes_match_one_process_at_the_same_global_batch(shards, tm
         torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
         changed += int(not torch.equal(value, weights_at_init(name)))
     assert changed > 0
+
+
+@pytest.mark.slow
+def test_two_launchers_as_two_nodes_equal_one_launcher_with_two_processes(shards, tmp_path):
+    """The multi-node path (one torchrun per node meeting at a c10d store on the first node)
+    trains exactly what one node with both processes trains. The two "nodes" run in a network
+    namespace of their own, where the store and gloo can only listen on loopback."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2) for a private network namespace")
+    config = halve_batches(job_config(shards, tmp_path, max_steps_per_epoch=3), tmp_path)
+    one_node = tmp_path / "one-node"
+    proc = run_job(config, one_node, launcher=launch("--gpus-per-node", "2"))
+    assert proc.wait(timeout=600) == 0, (tmp_path / "one-node.log").read_text()[-3000:]
+
+    two_nodes = tmp_path / "two-nodes"
+    node = launch("--nodes", "2", "--gpus-per-node", "1", "--rendezvous", "127.0.0.1:29555",
+                  "--rdzv-id", "test")  # fmt: skip
+    tasks = [
+        shlex.join([*node, "pretrain", "--config-json", json.dumps(config), "--out",
+                    str(two_nodes)]) + f" > {tmp_path}/node{rank}.log 2>&1"
+        for rank in range(2)
+    ]  # fmt: skip
+    script = f"ip link set lo up && {{ {tasks[0]} & first=$!; {tasks[1]}; second=$?; }}"
+    script += " && wait $first && exit $second"
+    done = subprocess.run(
+        ["unshare", "--net", "bash", "-c", script],
+        env={**ENV, "GLOO_SOCKET_IFNAME": "lo"}, timeout=600,
+    )  # fmt: skip
+    logs = "".join((tmp_path / f"node{rank}.log").read_text()[-2000:] for rank in range(2))
+    assert done.returncode == 0, logs
+    expected, got = weights(one_node), weights(two_nodes)
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert torch.equal(value, got[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_two_processes_stopped_by_a_signal_resume_to_bitwise_identical_weights(
+    shards, tmp_path, sig
+):
+    """SLURM's warning reaches every process of the step (Ctrl-C: of the terminal's group):
+    each rank checkpoints at the end of its step, the launcher exits 75, and the rerun
+    continues every rank, its own MoE gate noise included, to the uninterrupted weights."""
+    config = halve_batches(job_config(shards, tmp_path, checkpoint_every=100), tmp_path)
+    two = launch("--gpus-per-node", "2", "--grace", "120")
+    reference = tmp_path / "reference"
+    assert run_job(config, reference, launcher=two).wait(timeout=600) == 0
+
+    interrupted = tmp_path / "interrupted"
+    proc = run_job(config, interrupted, launcher=two, new_session=True)
+    log = tmp_path / "interrupted.log"
+    deadline = time.monotonic() + 300
+    while " step 2/" not in (log.read_text() if log.exists() else "") and proc.poll() is None:
+        assert time.monotonic() < deadline, "the job never started training"
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+    assert proc.wait(timeout=300) == EXIT_REQUEUE, log.read_text()[-3000:]
+    assert not (interrupted / "encoder.pt").exists()
+    assert run_job(config, interrupted, launcher=two).wait(timeout=600) == 0, log.read_text()
+    resumed_at = re.findall(r"resuming at epoch (\d+) step (\d+)", log.read_text())
+    assert resumed_at and resumed_at[0] != ("0", "0"), (
+        "checkpoint_every is 100: the signal wrote it"
+    )
+    expected, resumed = weights(reference), weights(interrupted)
+    for name, value in expected.items():
+        assert torch.equal(value, resumed[name]), name
 
 
 _INIT: dict[str, torch.Tensor] = {}

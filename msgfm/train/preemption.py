@@ -1,9 +1,10 @@
-"""Turning SLURM's warning signals into a clean checkpoint-and-exit.
+"""Turning SLURM's warning signals (and Ctrl-C) into a clean checkpoint-and-exit.
 
-SLURM sends SIGTERM when it preempts or cancels a job and, with ``--signal=B:USR1@<s>``, SIGUSR1
-some seconds before the time limit. The handler only records the signal; the training loop
-checks it between steps, writes a checkpoint and leaves with :data:`EXIT_REQUEUE`, so that the
-requeued (or retried) job resumes from exactly that step.
+SLURM sends SIGTERM when it preempts or cancels a job and, with the profile's
+``--signal=USR1@<lead>``, SIGUSR1 that many seconds before the time limit; a terminal sends
+SIGINT on Ctrl-C. The handler only records the signal; the training loop checks it between
+steps, writes a checkpoint and leaves with :data:`EXIT_REQUEUE`, so that the requeued (or
+rerun) job resumes from exactly that step instead of losing up to ``checkpoint_every`` steps.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # EX_TEMPFAIL from sysexits.h: "try again later", which is what a preempted job should do.
 EXIT_REQUEUE = 75
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(MsgfmError):
@@ -26,7 +27,7 @@ class Preempted(MsgfmError):
 
 
 class PreemptionWatcher:
-    """Installs handlers for SIGTERM/SIGUSR1 and remembers whether one arrived."""
+    """Installs handlers for :data:`SIGNALS` and remembers whether one arrived."""
 
     def __init__(self) -> None:
         self.received: int | None = None
