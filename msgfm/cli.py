@@ -71,7 +71,9 @@ def _cpu_training_allocator() -> None:
 
 def _pretrain(args: argparse.Namespace) -> object:
     from msgfm.pretrain.loop import run_pretraining
+    from msgfm.train.resources import raise_open_file_limit
 
+    raise_open_file_limit()
     _cpu_training_allocator()
 
     return run_pretraining(json.loads(args.config_json), args.out)
@@ -85,7 +87,9 @@ def _pretrain_summary(args: argparse.Namespace) -> object:
 
 def _finetune(args: argparse.Namespace) -> object:
     from msgfm.finetune.loop import run_finetuning
+    from msgfm.train.resources import raise_open_file_limit
 
+    raise_open_file_limit()
     _cpu_training_allocator()
 
     return run_finetuning(json.loads(args.config_json), args.out)
