@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from msgfm.errors import MsgfmError
+from msgfm.train.resources import rank_threads
 
 Handler = Callable[[argparse.Namespace], object]
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -170,8 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for torch/OpenMP (Snakemake passes the rule's threads: two jobs that "
-        "each spin all cores' OpenMP threads slow each other down by orders of magnitude)",
+        help="CPUs of the whole job, shared evenly by torchrun's LOCAL_WORLD_SIZE ranks as "
+        "torch/OpenMP threads, with at most one DataLoader worker fewer per rank (Snakemake "
+        "passes the rule's threads: two jobs that each spin all cores' OpenMP threads slow "
+        "each other down by orders of magnitude). Default: OMP_NUM_THREADS per process if "
+        "set, else the CPUs this process may run on",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -268,9 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
+    threads = rank_threads(args.threads)
+    if threads is not None:
         # Before torch is imported (the verbs import it lazily), so OpenMP picks it up.
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:  # main() called from Python that already has torch
+            sys.modules["torch"].set_num_threads(threads)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
