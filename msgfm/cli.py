@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from msgfm.errors import MsgfmError
+from msgfm.train.resources import rank_threads
 
 Handler = Callable[[argparse.Namespace], object]
 
@@ -77,7 +78,9 @@ def _cpu_training_allocator() -> None:
 
 def _pretrain(args: argparse.Namespace) -> object:
     from msgfm.pretrain.loop import run_pretraining
+    from msgfm.train.resources import raise_open_file_limit
 
+    raise_open_file_limit()
     _cpu_training_allocator()
 
     return run_pretraining(json.loads(args.config_json), args.out)
@@ -97,7 +100,9 @@ def _pretrain_summary(args: argparse.Namespace) -> object:
 
 def _finetune(args: argparse.Namespace) -> object:
     from msgfm.finetune.loop import run_finetuning
+    from msgfm.train.resources import raise_open_file_limit
 
+    raise_open_file_limit()
     _cpu_training_allocator()
 
     return run_finetuning(json.loads(args.config_json), args.out)
@@ -178,8 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for torch/OpenMP (Snakemake passes the rule's threads: two jobs that "
-        "each spin all cores' OpenMP threads slow each other down by orders of magnitude)",
+        help="CPUs of the whole job, shared evenly by torchrun's LOCAL_WORLD_SIZE ranks as "
+        "torch/OpenMP threads, with at most one DataLoader worker fewer per rank (Snakemake "
+        "passes the rule's threads: two jobs that each spin all cores' OpenMP threads slow "
+        "each other down by orders of magnitude). Default: OMP_NUM_THREADS per process if "
+        "set, else the CPUs this process may run on",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -285,9 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
+    threads = rank_threads(args.threads)
+    if threads is not None:
         # Before torch is imported (the verbs import it lazily), so OpenMP picks it up.
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:  # main() called from Python that already has torch
+            sys.modules["torch"].set_num_threads(threads)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

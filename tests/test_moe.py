@@ -424,6 +424,13 @@ def test_tutel_backend_without_tutel_names_the_env() -> None:
         MoEMlp(8, 16, backend="tutel")
 
 
+def test_tutel_backend_is_refused_on_several_processes(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for two ranks
+    with pytest.raises(ValueError, match=r"model\.moe\.backend: tutel on world size 2 .*16 in"):
+        MoEMlp(8, 16, backend="tutel")
+    assert MoEMlp(8, 16, backend="native").experts.batched_fc1_w.shape[0] == 8
+
+
 @pytest.mark.skipif(
     not TUTEL_AVAILABLE,
     reason=f"tutel is not importable (it builds from source only, in {TUTEL_ENV})",

@@ -28,6 +28,7 @@ zero biases); the router weight trunc-normal std 0.02, which is what Swin-MoE's 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -154,6 +155,13 @@ def _import_tutel_moe() -> Any:
     return tutel_moe
 
 
+def _world_size() -> int:
+    """Processes training together: the process group's size, else torchrun's WORLD_SIZE."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 class MoEMlp(nn.Module):
     """Top-k MoE MLP with tutel's gate; input (..., D) -> output (..., D_out).
 
@@ -229,7 +237,19 @@ class MoEMlp(nn.Module):
         tutel's layer is kept outside the module tree; its ``gates`` and ``experts`` become
         this module's submodules, so the state dict has the same names as the native backend
         (``gates.0.wg.weight``, ``experts.batched_fc1_w``, ...).
+
+        Only in one process: tutel shards experts over processes (``count_per_node`` experts
+        on each), so on W processes it would build W times the experts, a different model
+        whose checkpoints the native backend cannot load. Refused before tutel is imported.
         """
+        world = _world_size()
+        if world > 1:
+            raise ValueError(
+                f"MoEMlp: model.moe.backend: tutel on world size {world} would place "
+                f"{self.num_experts} experts on each process ({self.num_experts * world} in "
+                "all); use model.moe.backend: native, whose experts are replicated "
+                "data-parallel, or run one process"
+            )
         tutel_moe = _import_tutel_moe()
         layer = tutel_moe.moe_layer(
             gate_type={

@@ -34,6 +34,7 @@ from msgfm.train.checkpoint import (
 )
 from msgfm.train.distributed import DistContext, all_reduce_mean, broadcast_flag, gather_objects
 from msgfm.train.preemption import Preempted, PreemptionWatcher
+from msgfm.train.resources import cpu_share
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,24 @@ def make_loader(
     ctx: DistContext,
 ) -> DataLoader:  # fmt: skip
     """A DataLoader whose worker seeding draws from a private generator: drawing from the
-    global RNG would shift the MoE gate noise that a resumed run restores."""
+    global RNG would shift the MoE gate noise that a resumed run restores.
+
+    ``workers`` is capped to this rank's CPU share (:func:`cpu_share`), which msgfm.cli gave
+    the process as its thread count.
+    """
+    share = cpu_share(torch.get_num_threads(), workers=workers)
+    if share.workers < workers:
+        log.info(
+            "%d DataLoader workers, not %d: this rank has %d CPUs",
+            share.workers,
+            workers,
+            share.threads,
+        )
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         collate_fn=collate,
-        num_workers=workers,
+        num_workers=share.workers,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=ctx.device.type == "cuda",
     )
