@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from msgfm.metric_writer import MetricWriter
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RUN_ID_FILE = "mlflow_run_id"
@@ -277,7 +279,11 @@ class TrackedRun:
     """One MLflow run per training job, resumed by id after a requeue (same config only).
 
     Only the main process creates one (``enabled=False`` elsewhere turns every method into a
-    no-op), so DDP ranks never race for the store.
+    no-op), so DDP ranks never race for the store. Metrics are written by a background thread
+    (:mod:`msgfm.metric_writer`: a slow or locked store must not stall the training step);
+    :meth:`flush` waits for them. The other calls are rare and synchronous, and flush first, so
+    that the store sees the run's calls in the order the job made them (no run is terminated
+    with points still queued).
     """
 
     def __init__(
@@ -298,8 +304,14 @@ class TrackedRun:
         if not enabled:
             return
         import mlflow
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
         self._client = mlflow.MlflowClient(tracking_uri=uri)
+        self._metrics: MetricWriter[Any] = MetricWriter(
+            self._write_metrics,
+            name=f"MLflow metrics of {run_name}",
+            max_items=MAX_METRICS_PER_BATCH,
+        )
         init_store(uri, [experiment], results_root)
         experiment_id = self._client.get_experiment_by_name(experiment).experiment_id
         id_file = Path(state_dir) / RUN_ID_FILE
@@ -333,24 +345,36 @@ class TrackedRun:
             self.set_tags({RESUMED_TAG: ",".join([*earlier, workflow_run])})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue the points of one step and return at once (:meth:`flush` writes them)."""
         if not self.enabled or not metrics:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._metrics.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def _write_metrics(self, batch: list[Any]) -> None:
         _retry(lambda: self._client.log_batch(self.run_id, metrics=batch))
+
+    def flush(self) -> None:
+        """Wait until every queued point is in the store; raises
+        :class:`~msgfm.metric_writer.MetricWriteError` if a write failed since the last flush."""
+        if self.enabled:
+            self._metrics.flush()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
+            self.flush()
             _retry(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self.enabled:
+            self.flush()
             for key, value in tags.items():
                 _retry(lambda key=key, value=value: self._client.set_tag(self.run_id, key, value))
 
     def finish(self, status: str = "FINISHED") -> None:
         """FINISHED, FAILED or KILLED (a preempted job: it will be resumed)."""
         if self.enabled:
+            self.flush()
             _retry(lambda: self._client.set_terminated(self.run_id, status=status))
