@@ -115,6 +115,7 @@ class Trainer:
                 scheduler=self.scheduler, position=self.position, config_hash=self.config_hash,
                 extra={"device_seconds": self.device_seconds},
             )  # fmt: skip
+        self.tracked.flush()  # the store holds every point up to the checkpoint
         if self.ctx.distributed:
             torch.distributed.barrier()
 
