@@ -2,7 +2,8 @@
 
 Default store: an embedded SQLite file under the results folder, with artifacts beside it;
 on a cluster point ``MLFLOW_TRACKING_URI`` (or the config's ``tracking_uri``) at a server,
-because one SQLite file on a shared filesystem does not scale to many concurrent jobs.
+because one SQLite file on a shared filesystem does not scale to many concurrent jobs (the
+workflow refuses it there: :func:`check_cluster_store`).
 Two traps of the SQLite store shape this module: creating the schema or the same experiment
 from two processes at once fails or misfiles runs, so :func:`init_store` is called once before
 jobs fan out; and concurrent writers occasionally see "database is locked", so every call
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from msgfm.errors import MsgfmError
 from msgfm.metric_writer import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,48 @@ def resolve_tracking_uri(configured: str | None, results_root: str | Path) -> st
     if uri:
         return uri
     return f"sqlite:///{(Path(results_root) / 'mlflow.db').resolve()}"
+
+
+class ClusterStoreError(MsgfmError):
+    """The tracking store cannot take the concurrent writers of a cluster run."""
+
+
+# README.md, "On a SLURM cluster": the same commands.
+_SERVER_HOWTO = """\
+  # once: a database for MLflow (any PostgreSQL >= 12 the site runs), and the driver
+  createdb -h db.internal -U mlflow mlflow && pip install psycopg2-binary
+  # the server, on a service node, bound to its cluster-internal address (10.1.0.5 here:
+  # never a public interface); artifacts go through it to a shared folder
+  mlflow server --host 10.1.0.5 --port 5000 --workers 4 \\
+      --backend-store-uri postgresql://mlflow:$PGPASSWORD@db.internal:5432/mlflow \\
+      --artifacts-destination /shared/project/mlartifacts
+  snakemake --profile slurm --config tracking_uri=http://10.1.0.5:5000   # or MLFLOW_TRACKING_URI"""
+
+
+def check_cluster_store(uri: str, cluster_jobs: int | None, *, sqlite_allowed: bool) -> None:
+    """Refuse an SQLite store when jobs may write to it from several nodes at once.
+
+    Called while Snakemake plans (before onstart creates the store, before any job is submitted)
+    with the URI the jobs will resolve. ``cluster_jobs``: how many jobs Snakemake may run at once
+    on other machines (its ``--jobs``), None when they run on this one. Under a cluster executor
+    every job may land on another node, and SQLite's file locks over NFS or Lustre are slow or
+    broken: writers wait, or runs and points go missing. Servers (http), databases
+    (postgresql, mysql) and file stores (one folder per run, no shared lock) pass.
+    ``sqlite_allowed`` (config ``tracking_sqlite_on_cluster``) is for a one-node cluster, where
+    the file sits on the jobs' own disk.
+    """
+    on_cluster = cluster_jobs is not None and cluster_jobs > 1
+    if not uri.startswith("sqlite:") or not on_cluster or sqlite_allowed:
+        return
+    raise ClusterStoreError(
+        f"tracking_uri: {uri} is an SQLite file, but this run sends jobs to a cluster "
+        "(--jobs > 1), each of which may write to it from another node; expected an MLflow "
+        "server (tracking_uri=http://HOST:PORT or MLFLOW_TRACKING_URI), because SQLite's locks "
+        "on a shared filesystem are slow or broken. Start one backed by PostgreSQL (README.md, "
+        f'"On a SLURM cluster"):\n{_SERVER_HOWTO}\n'
+        "Only if every job runs on the machine whose disk holds the file (a one-node cluster): "
+        "--config tracking_sqlite_on_cluster=true."
+    )
 
 
 def artifact_root(results_root: str | Path) -> str:

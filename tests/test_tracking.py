@@ -15,7 +15,9 @@ mlflow = pytest.importorskip("mlflow")
 from msgfm.metric_writer import MetricWriteError  # noqa: E402
 from msgfm.tracking import (  # noqa: E402
     WORKFLOW_RUN_ENV,
+    ClusterStoreError,
     TrackedRun,
+    check_cluster_store,
     config_hash,
     finish_workflow_run,
     flatten,
@@ -44,6 +46,34 @@ def test_default_store_is_sqlite_under_results(tmp_path: Path, monkeypatch) -> N
     assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:9"
+
+
+SERVERS = ["http://10.1.0.5:5000", "postgresql://mlflow@db.internal:5432/mlflow", "file:///x"]
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////shared/results/mlflow.db", *SERVERS])
+@pytest.mark.parametrize("cluster_jobs", [None, 1])
+def test_any_store_serves_jobs_on_one_machine(uri: str, cluster_jobs: int | None) -> None:
+    check_cluster_store(uri, cluster_jobs, sqlite_allowed=False)  # local, or one job at a time
+
+
+@pytest.mark.parametrize("uri", SERVERS)
+def test_servers_and_file_stores_serve_a_cluster(uri: str) -> None:
+    check_cluster_store(uri, 100, sqlite_allowed=False)
+
+
+def test_sqlite_on_a_cluster_is_refused_with_the_readme_commands() -> None:
+    uri = "sqlite:////shared/results/mlflow.db"
+    with pytest.raises(ClusterStoreError) as refused:
+        check_cluster_store(uri, 100, sqlite_allowed=False)
+    message = str(refused.value)
+    assert message.startswith(f"tracking_uri: {uri} is an SQLite file")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = [line.strip() for line in message.splitlines()[1:-1]]
+    assert any(c.startswith("mlflow server") for c in commands)
+    assert "--backend-store-uri postgresql://" in message
+    assert all(command in readme for command in commands), "the README's commands drifted"
+    check_cluster_store(uri, 100, sqlite_allowed=True)  # a one-node cluster, said explicitly
 
 
 def test_a_resumed_job_continues_the_same_run(tmp_path: Path, monkeypatch) -> None:
