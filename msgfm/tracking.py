@@ -2,7 +2,8 @@
 
 Default store: an embedded SQLite file under the results folder, with artifacts beside it;
 on a cluster point ``MLFLOW_TRACKING_URI`` (or the config's ``tracking_uri``) at a server,
-because one SQLite file on a shared filesystem does not scale to many concurrent jobs.
+because one SQLite file on a shared filesystem does not scale to many concurrent jobs (the
+workflow refuses it there: :func:`check_cluster_store`).
 Two traps of the SQLite store shape this module: creating the schema or the same experiment
 from two processes at once fails or misfiles runs, so :func:`init_store` is called once before
 jobs fan out; and concurrent writers occasionally see "database is locked", so every call
@@ -27,6 +28,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from msgfm.errors import MsgfmError
+from msgfm.metric_writer import MetricWriter
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RUN_ID_FILE = "mlflow_run_id"
@@ -44,6 +48,48 @@ def resolve_tracking_uri(configured: str | None, results_root: str | Path) -> st
     if uri:
         return uri
     return f"sqlite:///{(Path(results_root) / 'mlflow.db').resolve()}"
+
+
+class ClusterStoreError(MsgfmError):
+    """The tracking store cannot take the concurrent writers of a cluster run."""
+
+
+# README.md, "On a SLURM cluster": the same commands.
+_SERVER_HOWTO = """\
+  # once: a database for MLflow (any PostgreSQL >= 12 the site runs), and the driver
+  createdb -h db.internal -U mlflow mlflow && pip install psycopg2-binary
+  # the server, on a service node, bound to its cluster-internal address (10.1.0.5 here:
+  # never a public interface); artifacts go through it to a shared folder
+  mlflow server --host 10.1.0.5 --port 5000 --workers 4 \\
+      --backend-store-uri postgresql://mlflow:$PGPASSWORD@db.internal:5432/mlflow \\
+      --artifacts-destination /shared/project/mlartifacts
+  snakemake --profile slurm --config tracking_uri=http://10.1.0.5:5000   # or MLFLOW_TRACKING_URI"""
+
+
+def check_cluster_store(uri: str, cluster_jobs: int | None, *, sqlite_allowed: bool) -> None:
+    """Refuse an SQLite store when jobs may write to it from several nodes at once.
+
+    Called while Snakemake plans (before onstart creates the store, before any job is submitted)
+    with the URI the jobs will resolve. ``cluster_jobs``: how many jobs Snakemake may run at once
+    on other machines (its ``--jobs``), None when they run on this one. Under a cluster executor
+    every job may land on another node, and SQLite's file locks over NFS or Lustre are slow or
+    broken: writers wait, or runs and points go missing. Servers (http), databases
+    (postgresql, mysql) and file stores (one folder per run, no shared lock) pass.
+    ``sqlite_allowed`` (config ``tracking_sqlite_on_cluster``) is for a one-node cluster, where
+    the file sits on the jobs' own disk.
+    """
+    on_cluster = cluster_jobs is not None and cluster_jobs > 1
+    if not uri.startswith("sqlite:") or not on_cluster or sqlite_allowed:
+        return
+    raise ClusterStoreError(
+        f"tracking_uri: {uri} is an SQLite file, but this run sends jobs to a cluster "
+        "(--jobs > 1), each of which may write to it from another node; expected an MLflow "
+        "server (tracking_uri=http://HOST:PORT or MLFLOW_TRACKING_URI), because SQLite's locks "
+        "on a shared filesystem are slow or broken. Start one backed by PostgreSQL (README.md, "
+        f'"On a SLURM cluster"):\n{_SERVER_HOWTO}\n'
+        "Only if every job runs on the machine whose disk holds the file (a one-node cluster): "
+        "--config tracking_sqlite_on_cluster=true."
+    )
 
 
 def artifact_root(results_root: str | Path) -> str:
@@ -290,7 +336,11 @@ class TrackedRun:
     """One MLflow run per training job, resumed by id after a requeue (same config only).
 
     Only the main process creates one (``enabled=False`` elsewhere turns every method into a
-    no-op), so DDP ranks never race for the store.
+    no-op), so DDP ranks never race for the store. Metrics are written by a background thread
+    (:mod:`msgfm.metric_writer`: a slow or locked store must not stall the training step);
+    :meth:`flush` waits for them. The other calls are rare and synchronous, and flush first, so
+    that the store sees the run's calls in the order the job made them (no run is terminated
+    with points still queued).
     """
 
     def __init__(
@@ -311,8 +361,14 @@ class TrackedRun:
         if not enabled:
             return
         import mlflow
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
         self._client = mlflow.MlflowClient(tracking_uri=uri)
+        self._metrics: MetricWriter[Any] = MetricWriter(
+            self._write_metrics,
+            name=f"MLflow metrics of {run_name}",
+            max_items=MAX_METRICS_PER_BATCH,
+        )
         init_store(uri, [experiment], results_root)
         experiment_id = self._client.get_experiment_by_name(experiment).experiment_id
         id_file = Path(state_dir) / RUN_ID_FILE
@@ -346,24 +402,36 @@ class TrackedRun:
             self.set_tags({RESUMED_TAG: ",".join([*earlier, workflow_run])})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue the points of one step and return at once (:meth:`flush` writes them)."""
         if not self.enabled or not metrics:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._metrics.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def _write_metrics(self, batch: list[Any]) -> None:
         _retry(lambda: self._client.log_batch(self.run_id, metrics=batch))
+
+    def flush(self) -> None:
+        """Wait until every queued point is in the store; raises
+        :class:`~msgfm.metric_writer.MetricWriteError` if a write failed since the last flush."""
+        if self.enabled:
+            self._metrics.flush()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
+            self.flush()
             _retry(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self.enabled:
+            self.flush()
             for key, value in tags.items():
                 _retry(lambda key=key, value=value: self._client.set_tag(self.run_id, key, value))
 
     def finish(self, status: str = "FINISHED") -> None:
         """FINISHED, FAILED or KILLED (a preempted job: it will be resumed)."""
         if self.enabled:
+            self.flush()
             _retry(lambda: self._client.set_terminated(self.run_id, status=status))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from msgfm.cost import requeue_limit
+from msgfm.tracking import check_cluster_store, resolve_tracking_uri
 
 DATA = Path(config["data_root"])
 RESULTS = Path(config["results_root"])
@@ -305,6 +306,18 @@ def finetune_tags(init):
     tags.update({k: str(variant[k]) for k in optional if variant.get(k) is not None})
     return tags
 
+
+# The store the jobs will write to, checked before anything is submitted (also under -n).
+# Snakemake gives a Snakefile no executor while it parses (workflow.executor_plugin is set
+# afterwards, and is the "dryrun" plugin under -n); --jobs (resource_settings.nodes) is what
+# every cluster executor requires and a local run folds into --cores (a local run given both
+# needs only --cores). A job's own Snakemake (remote_exec) skips it: its invocation checked.
+if not workflow.remote_exec:
+    check_cluster_store(
+        resolve_tracking_uri(config["tracking_uri"], RESULTS),
+        workflow.resource_settings.nodes,
+        sqlite_allowed=config["tracking_sqlite_on_cluster"],
+    )
 
 # The workflow's MLflow parent run (Snakefile's onstart/onsuccess/onerror; msgfm.tracking).
 WORKFLOW_RUN_ENV = "MSGFM_WORKFLOW_RUN_ID"

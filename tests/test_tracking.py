@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
+from msgfm.metric_writer import MetricWriteError  # noqa: E402
 from msgfm.tracking import (  # noqa: E402
     WORKFLOW_RUN_ENV,
+    ClusterStoreError,
     TrackedRun,
+    check_cluster_store,
     config_hash,
     finish_workflow_run,
     flatten,
@@ -42,6 +48,34 @@ def test_default_store_is_sqlite_under_results(tmp_path: Path, monkeypatch) -> N
     assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:9"
 
 
+SERVERS = ["http://10.1.0.5:5000", "postgresql://mlflow@db.internal:5432/mlflow", "file:///x"]
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////shared/results/mlflow.db", *SERVERS])
+@pytest.mark.parametrize("cluster_jobs", [None, 1])
+def test_any_store_serves_jobs_on_one_machine(uri: str, cluster_jobs: int | None) -> None:
+    check_cluster_store(uri, cluster_jobs, sqlite_allowed=False)  # local, or one job at a time
+
+
+@pytest.mark.parametrize("uri", SERVERS)
+def test_servers_and_file_stores_serve_a_cluster(uri: str) -> None:
+    check_cluster_store(uri, 100, sqlite_allowed=False)
+
+
+def test_sqlite_on_a_cluster_is_refused_with_the_readme_commands() -> None:
+    uri = "sqlite:////shared/results/mlflow.db"
+    with pytest.raises(ClusterStoreError) as refused:
+        check_cluster_store(uri, 100, sqlite_allowed=False)
+    message = str(refused.value)
+    assert message.startswith(f"tracking_uri: {uri} is an SQLite file")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = [line.strip() for line in message.splitlines()[1:-1]]
+    assert any(c.startswith("mlflow server") for c in commands)
+    assert "--backend-store-uri postgresql://" in message
+    assert all(command in readme for command in commands), "the README's commands drifted"
+    check_cluster_store(uri, 100, sqlite_allowed=True)  # a one-node cluster, said explicitly
+
+
 def test_a_resumed_job_continues_the_same_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = open_run(tmp_path, tmp_path / "job")
@@ -60,6 +94,104 @@ def test_a_resumed_job_continues_the_same_run(tmp_path: Path, monkeypatch) -> No
     assert stored.info.status == "FINISHED"
     changed = open_run(tmp_path, tmp_path / "job", config="c2")
     assert changed.run_id != run.run_id  # another config is another run, the old one stays
+
+
+def test_log_metrics_does_not_wait_for_the_store(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = open_run(tmp_path, tmp_path / "job")
+    store_free, written, callers = threading.Event(), [], set()
+    real_log_batch = run._client.log_batch
+
+    def stuck_log_batch(run_id: str, metrics=(), **kwargs) -> None:
+        callers.add(threading.current_thread().name)
+        store_free.wait(timeout=5)  # a synchronous log_metrics would wait here, ten times
+        real_log_batch(run_id, metrics=metrics, **kwargs)
+        written.append(len(metrics))
+
+    monkeypatch.setattr(run._client, "log_batch", stuck_log_batch)
+    for step in range(10):
+        run.log_metrics({"loss": float(step)}, step=step)
+    assert written == []  # ten calls returned while the store was stuck on the first
+    store_free.set()
+    run.flush()
+    assert sum(written) == 10
+    assert threading.current_thread().name not in callers  # the training thread never writes
+
+
+def test_every_point_is_stored_once_in_step_order(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = open_run(tmp_path, tmp_path / "job")
+    store_free, calls = threading.Event(), []
+    real_log_batch = run._client.log_batch
+
+    def counted_log_batch(run_id: str, metrics=(), **kwargs) -> None:
+        store_free.wait(timeout=5)
+        calls.append(len(metrics))
+        real_log_batch(run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(run._client, "log_batch", counted_log_batch)
+    for step in range(40):
+        run.log_metrics({"loss": float(step), "lr": step / 100}, step=step)
+    store_free.set()  # the store catches up: what queued meanwhile goes in fewer calls
+    run.flush()
+    assert len(calls) < 40 and max(calls) <= 1000
+    wide = {f"m{i}": float(i) for i in range(1500)}  # above MLflow's 1000 points per call
+    run.log_metrics(wide, step=40)
+    run.log_metrics({"loss": 40.0}, step=40)
+    run.finish()  # flushes before the run ends
+    client = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path))
+    loss = client.get_metric_history(run.run_id, "loss")
+    assert [(m.step, m.value) for m in loss] == [(s, float(s)) for s in range(41)]
+    assert len(client.get_metric_history(run.run_id, "lr")) == 40
+    assert max(calls) <= 1000 and len(client.get_run(run.run_id).data.metrics) == 1502
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_a_failed_write_surfaces_at_flush(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = open_run(tmp_path, tmp_path / "job")
+
+    def broken_log_batch(run_id: str, metrics=(), **kwargs) -> None:
+        raise mlflow.exceptions.MlflowException("store is gone")
+
+    monkeypatch.setattr(run._client, "log_batch", broken_log_batch)
+    run.log_metrics({"loss": 1.0}, step=1)  # returns: the failure is the writer's
+    with pytest.raises(MetricWriteError, match=r"1 metric write.*store is gone"):
+        run.flush()
+    run.flush()  # reported once
+    run.log_metrics({"loss": 0.5}, step=2)
+    with pytest.raises(MetricWriteError, match="store is gone"):
+        run.finish()  # the run is not marked FINISHED with points lost
+    client = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path))
+    assert client.get_run(run.run_id).info.status == "RUNNING"
+
+
+def test_points_still_queued_at_exit_are_written(tmp_path: Path, monkeypatch) -> None:
+    """A job that dies before finish(): the interpreter's exit drains the queue."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from test_tracking import open_run
+run = open_run(Path({str(tmp_path)!r}), Path({str(tmp_path / "job")!r}))
+real_log_batch = run._client.log_batch
+def slow_log_batch(*args, **kwargs):
+    time.sleep(0.5)  # still writing when the script ends
+    real_log_batch(*args, **kwargs)
+run._client.log_batch = slow_log_batch
+for step in range(5):
+    run.log_metrics({{"loss": float(step)}}, step=step)
+print(run.run_id)
+"""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=120,
+        check=True,
+    )  # fmt: skip
+    client = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path))
+    history = client.get_metric_history(done.stdout.split()[-1], "loss")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
 
 
 def test_disabled_run_touches_nothing(tmp_path: Path) -> None:

@@ -166,3 +166,30 @@ def test_finetune_cells_go_to_their_tables_experiment_once(tmp_path: Path) -> No
     best = next(c for c in configs if c["init"] == "t6_moe_cross50")
     # As the pretraining run of its encoder tags itself (no teacher, all sensors: no tag).
     assert best["tags"] == {"table": "6", "moe": "True", "cross_rate": "0.5", "objective": "mim"}
+
+
+def test_a_cluster_run_on_sqlite_is_refused_while_planning(tmp_path: Path) -> None:
+    """`snakemake --profile slurm -n`: refused before any job exists, planned with a server."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [
+        sys.executable, "-m", "snakemake", "-n", "--profile", "slurm",
+        "--configfile", "config/demo.yaml",
+        "--config", f"results_root={tmp_path}", f"data_root={tmp_path}/data",
+    ]  # fmt: skip
+
+    def plan(*config: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            command + list(config), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    refused = plan()
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    sqlite = f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert f"tracking_uri: {sqlite} is an SQLite file" in output, output[-3000:]
+    assert "mlflow server --host" in output and "Job stats" not in output
+    planned = plan("tracking_uri=http://127.0.0.1:5999")  # -n: no server needed
+    assert planned.returncode == 0, planned.stdout[-3000:] + planned.stderr[-3000:]
+    assert "rule pretrain:" in planned.stdout
+    assert not (tmp_path / "mlflow.db").exists()

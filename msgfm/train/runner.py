@@ -143,6 +143,7 @@ class Trainer:
                 rng_states=rng_states, layout=self.layout,
                 extra={"device_seconds": self.device_seconds},
             )  # fmt: skip
+        self.tracked.flush()  # the store holds every point up to the checkpoint
         if self.ctx.distributed:
             torch.distributed.barrier()
 
