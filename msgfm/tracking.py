@@ -54,7 +54,7 @@ class ClusterStoreError(MsgfmError):
     """The tracking store cannot take the concurrent writers of a cluster run."""
 
 
-# README.md, "On a SLURM cluster": the same commands.
+# README.md, "Running on a cluster": the same commands.
 _SERVER_HOWTO = """\
   # once: a database for MLflow (any PostgreSQL >= 12 the site runs), and the driver
   createdb -h db.internal -U mlflow mlflow && pip install psycopg2-binary
@@ -86,7 +86,7 @@ def check_cluster_store(uri: str, cluster_jobs: int | None, *, sqlite_allowed: b
         "(--jobs > 1), each of which may write to it from another node; expected an MLflow "
         "server (tracking_uri=http://HOST:PORT or MLFLOW_TRACKING_URI), because SQLite's locks "
         "on a shared filesystem are slow or broken. Start one backed by PostgreSQL (README.md, "
-        f'"On a SLURM cluster"):\n{_SERVER_HOWTO}\n'
+        f'"Running on a cluster"):\n{_SERVER_HOWTO}\n'
         "Only if every job runs on the machine whose disk holds the file (a one-node cluster): "
         "--config tracking_sqlite_on_cluster=true."
     )
@@ -374,13 +374,12 @@ class TrackedRun:
         id_file = Path(state_dir) / RUN_ID_FILE
         if id_file.is_file():
             previous = json.loads(id_file.read_text())
-            if previous["config_hash"] == config_hash:
-                self.run_id = previous["run_id"]
-                _retry(lambda: self._client.update_run(self.run_id, status="RUNNING"))
-                self._link_resumption()
-                log.info("resuming MLflow run %s", self.run_id)
+            if previous["config_hash"] != config_hash:
+                log.info("config changed since MLflow run %s: new run", previous["run_id"])
+            elif self._resume(previous["run_id"]):
                 return
-            log.info("config changed since MLflow run %s: starting a new run", previous["run_id"])
+            else:  # the job moved to another store (e.g. from SQLite to a tracking server)
+                log.info("MLflow run %s is not in %s: starting a new run", previous["run_id"], uri)
         workflow_run = os.environ.get(WORKFLOW_RUN_ENV)
         link = {WORKFLOW_TAG: workflow_run} if workflow_run else {}
         run = _retry(
@@ -390,6 +389,21 @@ class TrackedRun:
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(json.dumps({"run_id": self.run_id, "config_hash": config_hash}) + "\n")
         _log_params(self._client, self.run_id, params)
+
+    def _resume(self, run_id: str) -> bool:
+        """Continue ``run_id`` if this store holds it."""
+        import mlflow
+
+        try:
+            _retry(lambda: self._client.update_run(run_id, status="RUNNING"))
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return False
+        self.run_id = run_id
+        self._link_resumption()
+        log.info("resuming MLflow run %s", run_id)
+        return True
 
     def _link_resumption(self) -> None:
         """Record the invocation that continues this run (a run keeps its creator's tag)."""

@@ -203,7 +203,7 @@ def test_a_restricted_variant_costs_only_its_sources_and_inputs_multiply_cells()
 
     config = {
         "pretrain": {
-            "gpus": 1, "epochs_cap": None, "max_steps_per_epoch": None,
+            "nodes": 1, "gpus_per_node": 1, "epochs_cap": None, "max_steps_per_epoch": None,
             "sources": {
                 "rgb": {"datasets": ["geopile"], "batch_size": 10, "lr": 1e-4},
                 "sen12ms": {"datasets": ["sen12ms"], "batch_size": 5, "lr": 1e-5},

@@ -35,7 +35,8 @@ SCRIPT = REPO / "workflow" / "scripts" / "slurm_localhost.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.v9+.yaml"
 CONFIGS = ("config/demo.yaml", "tests/slurm_demo.yaml")
 TABLE_NAMES = ("table3", "table5", "table6")
-NODE_GPUS = 2
+# Two pretraining jobs of two processes each (tests/slurm_demo.yaml) run side by side.
+NODE_GPUS = 4
 # The signal lead must stay below the demo's 10-minute runtimes, or jobs are warned at once.
 TEST_SIGNAL_LEAD_S = 60
 ENV = {
@@ -45,8 +46,10 @@ ENV = {
     "MSGFM_SLURM_GPUS": str(NODE_GPUS),
 }
 # t6_moe_cross50 is the encoder the finetuning cells start from: the tables are built on
-# resumed weights. t6_dense_self is pretrained only to be interrupted.
-INTERRUPTED = {"t6_dense_self": "term", "t6_moe_cross50": "requeue"}
+# resumed weights. The other two are pretrained only to be interrupted: TERM (a cancelled or
+# preempted job: exits 75, Snakemake resubmits it) and URG (the time-limit warning: the job
+# requeues itself). Every pretraining job runs two processes (torchrun, gloo).
+INTERRUPTED = {"t6_dense_self": "term", "t6_moe_cross50": "requeue", "t6_moe_self": "warn"}
 
 pytestmark = [
     pytest.mark.slow,
@@ -84,9 +87,7 @@ def tiny_profile(folder: Path) -> Path:
     real = yte.process_yaml(PROFILE.read_text(), require_use_yte=True)
     per_rule = {}
     for rule, resources in real["set-resources"].items():
-        shrunk = {**resources, "cpus_per_task": 1}
-        if "gpu" in resources:
-            shrunk["gpu"] = 1
+        shrunk = {**resources, "cpus_per_task": 1, "signal_lead": TEST_SIGNAL_LEAD_S}
         flags = re.sub(r"@\d+", f"@{TEST_SIGNAL_LEAD_S}", resources.get("slurm_extra", ""))
         flags = flags.strip("'").split()
         if rule == "finetune":
@@ -195,8 +196,12 @@ def interrupt_while_training(results: Path, run: subprocess.Popen[str]) -> dict[
             if job_id is None:
                 continue
             if how == "term":
-                # What SLURM sends before the time limit (slurm_extra) and on preemption.
+                # What SLURM sends on preemption and cancellation, to every step's processes.
                 slurm_cmd("scancel", "--signal=TERM", job_id)
+            elif how == "warn":
+                # What SLURM sends before the time limit (the profile's slurm_extra).
+                slurm_cmd("scancel", "--signal=URG", job_id)
+                release_requeued(job_id)
             else:
                 slurm_cmd("scontrol", "requeue", job_id)
                 release_requeued(job_id)
@@ -241,7 +246,7 @@ def interrupted_run(
 def test_demo_dag_runs_through_the_slurm_profile(
     interrupted_run: tuple[Path, str, dict[str, str]],
 ) -> None:
-    _, output, job_ids = interrupted_run
+    results, output, job_ids = interrupted_run
     jobs = jobs_of_run(output)
     print_timings(jobs)
     # Every job of the DAG went through sbatch (a resubmitted job has its rule and wildcards
@@ -254,14 +259,19 @@ def test_demo_dag_runs_through_the_slurm_profile(
     assert {"rule_make_demo_data", "rule_tile_pretrain", "rule_tile_downstream", "rule_pretrain",
             "rule_finetune_subset", "rule_finetune", "rule_tables"} <= rules  # fmt: skip
     # The TERM-ed job failed (its training exited 75) and was resubmitted; the requeued one
-    # ran twice under its own id. Everything else went through once.
+    # and the one warned of its time limit (it requeued itself: never counted as failed) ran
+    # twice under their own ids. Everything else went through once.
     failed = {job_id for job_id, job in jobs.items() if job["JobState"] != "COMPLETED"}
     assert failed == {job_ids["t6_dense_self"]}, {j: jobs[j]["JobState"] for j in failed}
-    assert jobs[job_ids["t6_moe_cross50"]]["Restarts"] == "1"
+    for variant in ("t6_moe_cross50", "t6_moe_self"):
+        assert jobs[job_ids[variant]]["Restarts"] == "1", variant
+    assert "requeued job" in (results / "logs" / "pretrain" / "t6_moe_self.log").read_text()
     for job in jobs.values():
-        if job["Comment"].startswith(("rule_pretrain_", "rule_finetune_wildcards_")):
-            # One task holding the GPU; torchrun (not SLURM) starts one process per GPU.
-            assert job["TresPerJob"] == "gres:gpu:1" and job["NumTasks"] == "1", job
+        # One task per node holding the node's GPUs; torchrun starts one process per GPU.
+        if job["Comment"].startswith("rule_pretrain_wildcards_"):
+            assert job["TresPerNode"] == "gres:gpu:2" and job["NumTasks"] == "1", job
+        if job["Comment"].startswith("rule_finetune_wildcards_"):
+            assert job["TresPerNode"] == "gres:gpu:1" and job["NumTasks"] == "1", job
 
 
 def expected_cells() -> dict[tuple[str, str, float], int]:
@@ -356,20 +366,18 @@ def assert_same_tensors(got: object, want: object, where: str = "encoder") -> No
 
 
 def test_a_multi_gpu_job_runs_its_command_once(cluster: None, tmp_path: Path) -> None:
-    """With N GPUs the plugin asks for one task: the rule (torchrun) starts the N processes.
+    """With N GPUs on a node the plugin asks for one task holding them: the rule's launcher
+    (srun, then torchrun) starts the N processes.
 
     Releases before 2.7.1 asked for one task per GPU, and srun ran the whole job N times.
     """
     (tmp_path / "Snakefile").write_text(
         "rule pretrain:\n"
         "    output: 'launches.txt'\n"
-        "    resources: runtime=5\n"
+        f"    resources: runtime=5, nodes=1, gres='gpu:{NODE_GPUS}'\n"
         "    shell: 'echo $SLURM_JOB_ID >> {output}'\n"
     )
     overrides = tiny_profile(tmp_path / "profile")
-    profile = yaml.safe_load((overrides / "config.yaml").read_text())
-    profile["set-resources"]["pretrain"]["gpu"] = NODE_GPUS
-    (overrides / "config.yaml").write_text(yaml.safe_dump(profile))
     result = subprocess.run(
         [
             sys.executable, "-m", "snakemake", "--profile", "slurm", "--profile", str(overrides),
@@ -380,4 +388,4 @@ def test_a_multi_gpu_job_runs_its_command_once(cluster: None, tmp_path: Path) ->
     assert result.returncode == 0, result.stderr[-3000:]
     (job_id,) = (tmp_path / "launches.txt").read_text().split()
     job = jobs_of_run(result.stdout + result.stderr)[job_id]
-    assert job["TresPerJob"] == f"gres:gpu:{NODE_GPUS}" and job["NumTasks"] == "1", job
+    assert job["TresPerNode"] == f"gres:gpu:{NODE_GPUS}" and job["NumTasks"] == "1", job

@@ -199,7 +199,7 @@ def test_no_checkpoint_means_fresh_start(tmp_path) -> None:
     assert load(tmp_path, model, opt, sched, "a") is None
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGURG, signal.SIGUSR1])
 def test_preemption_signals_are_recorded_not_fatal(sig: signal.Signals) -> None:
     with PreemptionWatcher() as watcher:
         assert not watcher.triggered

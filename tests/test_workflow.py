@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,6 +133,19 @@ def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("table3", "table5", "table6"):
         assert f"{name}.md" in html and f"{name}.csv" in html, name
     assert "summary.png" in html and "t5_eva_clip" in html and "t6_moe_cross50" in html
+    # Where the jobs write is not what they train: another MLflow store, or the results folder
+    # moved elsewhere, plans nothing new.
+    plans_nothing(results, "tracking_uri=http://127.0.0.1:5999")
+    plans_nothing(shutil.move(results, tmp_path / "moved"))
+
+
+def plans_nothing(results: Path, *settings: str) -> None:
+    again = snakemake(
+        "-n", "--configfile", "config/demo.yaml",
+        "--config", f"results_root={results}", f"data_root={results}/data", *settings,
+    )  # fmt: skip
+    log = again.stdout + again.stderr
+    assert again.returncode == 0 and "Nothing to be done" in log, log[-3000:]
 
 
 def check_mlflow(results: Path) -> None:

@@ -4,7 +4,7 @@ It mirrors the pretraining job (:mod:`msgfm.pretrain.loop`) because a cluster in
 same way:
 - it resumes from ``<out>/checkpoints/last.pt`` exactly (seeded data order and flips, saved RNG
   states for dropout/stochastic depth) and continues its MLflow run;
-- SIGTERM/SIGUSR1 → checkpoint at the end of the step → exit 75 (EXIT_REQUEUE);
+- SIGTERM/SIGINT/SIGURG (preemption, Ctrl-C, time limit) → checkpoint after the step → exit 75;
 - only rank 0 writes files, evaluates and talks to MLflow; every rank sees the same stop decision.
 Optimisation follows GFM's finetuning: AdamW with layer-wise learning-rate decay, linear warm-up
 then cosine decay stepped per iteration, gradient clipping. No masking (paper App. C.2).

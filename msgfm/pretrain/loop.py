@@ -3,7 +3,7 @@
 What a job guarantees, because a cluster will interrupt it:
 - it resumes from ``<out>/checkpoints/last.pt`` exactly (position-seeded masks, cross draws,
   data order and flips; saved RNG states for the MoE gate noise), and continues its MLflow run;
-- SIGTERM/SIGUSR1 (preemption, time limit) → checkpoint at the end of the step → exit 75;
+- SIGTERM/SIGINT/SIGURG (preemption, Ctrl-C, time limit) → checkpoint after the step → exit 75;
 - only rank 0 writes files or talks to MLflow; every rank sees the same stop decision.
 Outputs: ``encoder.pt`` ({"config", "model"} loadable by ``msgfm.model.factory.load_encoder``),
 ``metrics.json``, ``config.json`` (the resolved config) and one reconstruction figure per

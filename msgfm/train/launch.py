@@ -13,12 +13,13 @@ the path is the same for 1 process, 1 node and N nodes:
   the node's network (torchrun's ``--standalone`` store listens on every interface). On several
   nodes every task meets at a c10d store on the allocation's first node, at a port derived from
   the job id so every node computes the same endpoint.
-- **Signals.** SLURM's warning signal and Ctrl-C reach every process of the step or terminal;
-  each rank checkpoints at the end of its step and exits 75 (msgfm.train.preemption). torchrun
-  forwards SIGUSR1 too and waits ``--grace`` seconds for its workers (its own default, 30 s, is
-  too short to write a Swin-B checkpoint to a shared filesystem) before killing them. The
-  launcher exits 75 whenever it saw one of those signals, whatever torchrun's own status.
-- **Time limits.** The profile asks SLURM for SIGUSR1 ``lead`` seconds before the time limit.
+- **Signals.** SLURM's signals and Ctrl-C reach every process of the step or terminal; each
+  rank checkpoints at the end of its step and exits 75 (msgfm.train.preemption). torchrun
+  forwards the time-limit warning too and waits ``--grace`` seconds for its workers (its own
+  default, 30 s, is too short to write a Swin-B checkpoint to a shared filesystem) before
+  killing them. The launcher exits 75 whenever it saw one of those signals, whatever
+  torchrun's own status.
+- **Time limits.** The profile asks SLURM for SIGURG ``lead`` seconds before the time limit.
   A job warned that way checkpoints and requeues itself (``scontrol requeue``: same job id, a
   fresh time limit, resumed from the checkpoint), so a run longer than the partition's limit is
   a chain of jobs and none of them counts as failed. ``--requeues`` bounds the chain (the cost
@@ -40,20 +41,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from msgfm.errors import MsgfmError
-from msgfm.train.preemption import EXIT_REQUEUE, SIGNALS
+from msgfm.train.preemption import EXIT_REQUEUE, SIGNALS, TIME_LIMIT_SIGNAL
 
 log = logging.getLogger(__name__)
 
-# torchrun handles these and forwards them to its workers (SIGUSR1: SLURM's time-limit warning).
-TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+# torchrun handles these and forwards them to its workers (msgfm.train.preemption.SIGNALS).
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGURG,SIGUSR1"
 # c10d store of a multi-node job: a port per job id, the same on every node of the allocation.
 RENDEZVOUS_PORT_BASE, RENDEZVOUS_PORT_SPAN = 29500, 10000
 # What a nested srun may keep of the step it starts from; the rest (SLURM_NTASKS, SLURM_GPUS,
 # ...) describes the outer one-task step and would override the new step's geometry.
 SLURM_IDENTITY = frozenset(
-    {"SLURM_JOB_ID", "SLURM_JOBID", "SLURM_CLUSTER_NAME", "SLURM_SUBMIT_DIR", "SLURM_SUBMIT_HOST",
-     "SLURM_RESTART_COUNT"}
-)  # fmt: skip
+    {"SLURM_JOB_ID", "SLURM_JOBID", "SLURM_CLUSTER_NAME", "SLURM_SUBMIT_DIR", "SLURM_SUBMIT_HOST"}
+)
 
 
 class LaunchError(MsgfmError):
@@ -110,12 +110,16 @@ def multi_node_rendezvous(endpoint: str, run_id: str) -> list[str]:
     return ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id]
 
 
-def slurm_hosts(env: Mapping[str, str]) -> list[str]:
-    """The allocation's host names, first node first."""
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
-    if not nodelist:
-        nodelist = _run_text(["squeue", "--noheader", "--format=%N", "--jobs", env["SLURM_JOB_ID"]])
-    return _run_text(["scontrol", "show", "hostnames", nodelist.strip()]).split()
+def slurm_job(job_id: str) -> dict[str, str]:
+    """``scontrol show job``'s fields (NodeList, NumNodes, Restarts, ...): read from the
+    controller, because the plugin's job step passes only the job id on in its environment."""
+    fields = _run_text(["scontrol", "show", "job", job_id]).split()
+    return dict(field.split("=", 1) for field in fields if "=" in field)
+
+
+def slurm_hosts(nodelist: str) -> list[str]:
+    """The host names of a SLURM node list (``gpu[01-02]``), first node first."""
+    return _run_text(["scontrol", "show", "hostnames", nodelist]).split()
 
 
 def srun_command(
@@ -143,20 +147,23 @@ def launch(args: argparse.Namespace) -> int:
     verb = args.verb[1:] if args.verb[:1] == ["--"] else list(args.verb)
     env = dict(os.environ)
     if "SLURM_JOB_ID" in env and not args.node_task:
-        allocated = int(env.get("SLURM_JOB_NUM_NODES", "1"))
-        if allocated != layout.nodes:
+        job = slurm_job(env["SLURM_JOB_ID"])
+        hosts = slurm_hosts(job["NodeList"])
+        if len(hosts) != layout.nodes:
             raise LaunchError(
                 f"the job runs on {layout.nodes} node(s) (pretrain.nodes) but SLURM allocated "
-                f"{allocated}: set the node count in the workflow config, not in the profile"
+                f"{len(hosts)} ({job['NodeList']}): set the node count in the workflow config, "
+                "not in the profile"
             )
-        endpoint = f"{slurm_hosts(env)[0]}:{rendezvous_port(env['SLURM_JOB_ID'])}"
+        endpoint = f"{hosts[0]}:{rendezvous_port(env['SLURM_JOB_ID'])}"
         inner = {k: v for k, v in env.items() if not k.startswith(("SLURM_", "SRUN_", "SBATCH_"))}
         inner.update({k: env[k] for k in SLURM_IDENTITY if k in env})
         command = srun_command(layout, args.grace, args.requeues, endpoint, env, verb)
         code, seen = run_watching_signals(command, inner)
     else:
         code, seen = run_node(layout, args.grace, args.rendezvous, args.rdzv_id, verb, env)
-    if code == EXIT_REQUEUE and signal.SIGUSR1 in seen and not args.node_task:
+    warned = code == EXIT_REQUEUE and TIME_LIMIT_SIGNAL in seen
+    if warned and "SLURM_JOB_ID" in env and not args.node_task:
         requeue_self(env, args.requeues)
     return code
 
@@ -213,19 +220,18 @@ def run_watching_signals(command: Sequence[str], env: Mapping[str, str]) -> tupl
 
 
 def requeue_self(env: Mapping[str, str], limit: int) -> None:
-    """Put this SLURM job back in the queue after a time-limit warning, ``limit`` times at most."""
-    job_id = env.get("SLURM_JOB_ID")
-    restarts = int(env.get("SLURM_RESTART_COUNT", "0"))
-    if not job_id:
-        return
+    """Put this SLURM job back in the queue after a time-limit warning, ``limit`` times at most
+    (SLURM counts the job's restarts, preemptions included)."""
+    job_id = env["SLURM_JOB_ID"]
+    restarts = int(slurm_job(job_id)["Restarts"])
     if restarts >= limit:
-        log.warning("job %s was requeued %d times (the limit): not again", job_id, restarts)
+        log.warning("job %s has restarted %d times, the limit: not requeued", job_id, restarts)
         return
     result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if result.returncode != 0:
         log.warning("scontrol requeue %s failed: %s", job_id, result.stderr.strip())
     else:
-        log.info("requeued job %s (%d of at most %d)", job_id, restarts + 1, limit)
+        log.info("requeued job %s (restart %d of at most %d)", job_id, restarts + 1, limit)
 
 
 def _run_text(command: Sequence[str]) -> str:
@@ -244,7 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--requeues", type=int, default=0,
-        help="times a SLURM job warned of its time limit may requeue itself",
+        help="times a SLURM job warned of its time limit (SIGURG) may requeue itself",
     )  # fmt: skip
     parser.add_argument("--rendezvous", default=None, help="HOST:PORT of a multi-node store")
     parser.add_argument("--rdzv-id", default="msgfm", help="the job's rendezvous id")

@@ -1,10 +1,13 @@
 """Turning SLURM's warning signals (and Ctrl-C) into a clean checkpoint-and-exit.
 
 SLURM sends SIGTERM when it preempts or cancels a job and, with the profile's
-``--signal=USR1@<lead>``, SIGUSR1 that many seconds before the time limit; a terminal sends
-SIGINT on Ctrl-C. The handler only records the signal; the training loop checks it between
-steps, writes a checkpoint and leaves with :data:`EXIT_REQUEUE`, so that the requeued (or
-rerun) job resumes from exactly that step instead of losing up to ``checkpoint_every`` steps.
+``--signal=URG@<lead>``, SIGURG that many seconds before the time limit; a terminal sends SIGINT
+on Ctrl-C. SIGURG because every other process of the job step ignores it by default (the
+Snakemake that runs the rule, shells, srun): SIGUSR1 would kill them, and with them the step.
+SIGUSR1 is honoured too, for ``--signal=B:USR1`` setups. The handler only records the signal;
+the training loop checks it between steps, writes a checkpoint and leaves with
+:data:`EXIT_REQUEUE`, so that the requeued (or rerun) job resumes from exactly that step
+instead of losing up to ``checkpoint_every`` steps.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ log = logging.getLogger(__name__)
 
 # EX_TEMPFAIL from sysexits.h: "try again later", which is what a preempted job should do.
 EXIT_REQUEUE = 75
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGURG, signal.SIGUSR1)
+# The time-limit warning (the profile's --signal): the job may requeue itself (msgfm.train.launch).
+TIME_LIMIT_SIGNAL = signal.SIGURG
 
 
 class Preempted(MsgfmError):

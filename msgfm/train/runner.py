@@ -4,7 +4,7 @@ A job builds its data, model and optimiser, then hands a :class:`Trainer` a ``st
 function (one forward pass: loss, metrics to log, samples seen). The trainer owns what must
 be identical everywhere: resuming from ``checkpoints/last.pt`` at the exact step, gradient
 clipping, the per-iteration schedule, logging averaged over ranks, periodic checkpoints, and
-turning SIGTERM/SIGUSR1 into a checkpoint plus :class:`Preempted` on every rank at once.
+turning SIGTERM/SIGINT/SIGURG into a checkpoint plus :class:`Preempted` on every rank at once.
 It also accumulates the job's device-hours across resumptions, the cost the tables report.
 """
 
