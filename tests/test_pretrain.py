@@ -177,6 +177,25 @@ def halve_batches(config: dict, results: Path) -> dict:
     return halved
 
 
+def listening_addresses(root: int) -> set[str]:
+    """TCP addresses that ``root`` and its descendants listen on (empty without ``ss``)."""
+    if not shutil.which("ss"):
+        return set()
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grown = {root}, True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree, grown = tree | children, bool(children)
+    lines = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+    return {line.split()[3] for line in lines if any(f"pid={pid}," in line for pid in tree)}
+
+
 @pytest.mark.slow
 def test_two_ddp_processes_match_one_process_at_the_same_global_batch(shards, tmp_path):
     single_cfg = job_config(shards, tmp_path / "single-results", max_steps_per_epoch=3)
@@ -186,7 +205,14 @@ def test_two_ddp_processes_match_one_process_at_the_same_global_batch(shards, tm
     assert run_job(single_cfg, single).wait(timeout=600) == 0
     ddp = tmp_path / "ddp"
     proc = run_job(ddp_cfg, ddp, launcher=launch("--gpus-per-node", "2"))
+    listening = set()
+    while proc.poll() is None:  # one node: torchrun, its workers and gloo on loopback only
+        listening |= listening_addresses(proc.pid)
+        time.sleep(0.2)
     assert proc.wait(timeout=600) == 0, (tmp_path / "ddp.log").read_text()[-3000:]
+    if shutil.which("ss"):
+        assert listening, "gloo's pairs listen somewhere"
+        assert all(a.startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:")) for a in listening)
     one, two = weights(single), weights(ddp)
     changed = 0
     for name, value in one.items():
