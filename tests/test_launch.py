@@ -27,9 +27,9 @@ def test_one_srun_task_per_node_holds_the_nodes_gpus_and_meets_on_the_first() ->
     env = {"SLURM_JOB_ID": "4242", "SLURM_CPUS_PER_TASK": "64"}
     verb = ["--threads", "64", "pretrain", "--out", "x"]
     command = srun_command(Layout(2, 8), 300, 3, "gpu01:33742", env, verb)
-    assert command[:8] == [
+    assert command[:9] == [
         "srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
-        "--gpus-per-node=8", "--kill-on-bad-exit=1", "--cpus-per-task=64",
+        "--gpus-per-node=8", "--mem=0", "--kill-on-bad-exit=1", "--cpus-per-task=64",
     ]  # fmt: skip
     task = command[command.index("launch") + 1 :]
     assert task[:2] == ["--node-task", "--nodes"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,3 +207,31 @@ def test_preemption_signals_are_recorded_not_fatal(sig: signal.Signals) -> None:
         os.kill(os.getpid(), sig)
         assert watcher.triggered and watcher.received == sig
     assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
+
+
+def _mean_over_two_ranks(rank: int, folder: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from msgfm.train.distributed import DistContext, mean_over_ranks
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=2)
+    metrics = {"loss": torch.tensor(float(rank + 1))}
+    if rank == 1:  # only this rank's batch drew a cross-sensor pair
+        metrics["l1/sen12ms/sar/cross"] = torch.tensor(4.0)
+    mean = mean_over_ranks(metrics, DistContext(rank, rank, 2, torch.device("cpu")))
+    dist.destroy_process_group()
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps(mean))
+
+
+def test_ranks_logging_different_metrics_agree_instead_of_hanging(tmp_path) -> None:
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_mean_over_two_ranks, args=(str(tmp_path),), nprocs=2, join=True)
+    for rank in (0, 1):
+        mean = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert mean == {"loss": 1.5, "l1/sen12ms/sar/cross": 4.0}

@@ -9,6 +9,7 @@ the node's network; several nodes meet at torchrun's store (``env://``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -76,13 +77,24 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Average a metric over ranks (a no-op in a single process)."""
+def mean_over_ranks(metrics: Mapping[str, torch.Tensor], ctx: DistContext) -> dict[str, float]:
+    """Each metric averaged over the ranks that have it, in one all-reduce (a logging step).
+
+    Ranks may hold different keys: a rank whose batch drew no cross-sensor pair has no cross
+    loss. Reducing key by key would then pair different collectives across ranks and hang, so
+    the union of keys is agreed first and absent ones count zero times.
+    """
     if not ctx.distributed:
-        return value
-    value = value.detach().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value / ctx.world_size
+        return {name: float(value) for name, value in metrics.items()}
+    names = sorted(set().union(*gather_objects(sorted(metrics), ctx)))
+    zero = torch.zeros((), device=ctx.device)
+    sums = torch.stack([metrics[n].detach().float().to(ctx.device) if n in metrics else zero
+                        for n in names])  # fmt: skip
+    counts = torch.tensor([float(n in metrics) for n in names], device=ctx.device)
+    packed = torch.stack([sums, counts])
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    means = (packed[0] / packed[1].clamp_min(1)).tolist()
+    return dict(zip(names, means, strict=True))
 
 
 def broadcast_flag(flag: bool, ctx: DistContext) -> bool:

@@ -4,8 +4,8 @@ Every training rule calls ``python -m msgfm launch --nodes N --gpus-per-node G -
 the path is the same for 1 process, 1 node and N nodes:
 
 - **Under SLURM** (``SLURM_JOB_ID`` set) the launcher starts one task per node with
-  ``srun --overlap --ntasks-per-node 1`` (inside the step the SLURM plugin already runs, so the
-  new step shares its CPUs and GPUs), and each task is the per-node launcher below. The job asks
+  ``srun --overlap --ntasks-per-node 1 --mem=0`` (inside the step the SLURM plugin already runs:
+  the new step shares its CPUs, GPUs and memory), and each task is the per-node launcher below. The job asks
   for ``--nodes N --ntasks-per-node 1 --gres gpu:G`` (rules/pretrain.smk, the slurm profile), so
   the scheduler never splits a node's GPUs over several nodes.
 - **Per node**, torchrun starts G processes. On one node its rendezvous and the process group meet
@@ -129,7 +129,8 @@ def srun_command(
     """One task per node of the allocation, each the per-node launcher of this module."""
     command = [
         "srun", "--overlap", f"--nodes={layout.nodes}", f"--ntasks={layout.nodes}",
-        "--ntasks-per-node=1", f"--gpus-per-node={layout.gpus_per_node}", "--kill-on-bad-exit=1",
+        "--ntasks-per-node=1", f"--gpus-per-node={layout.gpus_per_node}", "--mem=0",
+        "--kill-on-bad-exit=1",
     ]  # fmt: skip
     if env.get("SLURM_CPUS_PER_TASK"):
         command.append(f"--cpus-per-task={env['SLURM_CPUS_PER_TASK']}")

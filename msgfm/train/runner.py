@@ -32,7 +32,7 @@ from msgfm.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from msgfm.train.distributed import DistContext, all_reduce_mean, broadcast_flag, gather_objects
+from msgfm.train.distributed import DistContext, broadcast_flag, gather_objects, mean_over_ranks
 from msgfm.train.preemption import Preempted, PreemptionWatcher
 from msgfm.train.resources import cpu_share
 
@@ -213,8 +213,7 @@ class Trainer:
         self, loss: torch.Tensor, parts: Mapping[str, torch.Tensor], grad_norm: torch.Tensor,
         samples: int, elapsed: float,
     ) -> dict[str, float]:  # fmt: skip
-        metrics = {"loss": float(all_reduce_mean(loss.detach().float(), self.ctx))}
-        metrics.update({k: float(all_reduce_mean(v.float(), self.ctx)) for k, v in parts.items()})
+        metrics = mean_over_ranks({"loss": loss.detach(), **parts}, self.ctx)
         metrics.update(self.extra_metrics())
         metrics["grad_norm"] = float(grad_norm)
         metrics["lr"] = max(group["lr"] for group in self.optimizer.param_groups)
