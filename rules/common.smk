@@ -114,6 +114,19 @@ def pretrain_job_config(wildcards):
     return json.dumps(job, sort_keys=True)
 
 
+def gpu_request(nodes, gpus_per_node):
+    """The SLURM GPU request of a training job (msgfm.train.launch): on one node ``--gpus G``,
+    which the plugin's job step then holds for torchrun; on several ``--gres gpu:G`` per node,
+    one srun task each. The unused key is zero or empty, which the plugin leaves out."""
+    if nodes == 1:
+        return {"gpu": gpus_per_node, "gres": ""}
+    return {"gpu": 0, "gres": f"gpu:{gpus_per_node}"}
+
+
+PRETRAIN_GPUS = gpu_request(config["pretrain"]["nodes"], config["pretrain"]["gpus_per_node"])
+FINETUNE_GPUS = gpu_request(1, config["finetune"]["gpus"])
+
+
 def pretrain_requeues(wildcards):
     """How often a variant's SLURM job may requeue itself at its time limit: the chain its
     estimated runtime needs (msgfm.cost) plus resources.requeue_spare. A resource, not a

@@ -44,7 +44,8 @@ rule finetune:
     resources:
         # One node (msgfm.train.launch, as rules/pretrain.smk).
         gpus_per_node=config["finetune"]["gpus"],
-        gres=f"gpu:{config['finetune']['gpus']}",
+        gpu=FINETUNE_GPUS["gpu"],
+        gres=FINETUNE_GPUS["gres"],
         runtime=config["resources"]["finetune_runtime"],
         mem_mb=config["resources"]["finetune_mem_mb"],
         signal_lead=120,

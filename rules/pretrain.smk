@@ -14,11 +14,12 @@ rule pretrain:
         "../envs/pretrain.yaml"
     threads: config["pretrain"]["threads"]
     resources:
-        # One SLURM task per node, all of a node's GPUs on it (the slurm profile adds
-        # --ntasks-per-node=1): msgfm.train.launch starts torchrun on each node.
+        # One SLURM task per node holding the node's GPUs (the slurm profile adds
+        # --ntasks-per-node=1); msgfm.train.launch starts torchrun on each node.
         nodes=config["pretrain"]["nodes"],
         gpus_per_node=config["pretrain"]["gpus_per_node"],
-        gres=f"gpu:{config['pretrain']['gpus_per_node']}",
+        gpu=PRETRAIN_GPUS["gpu"],
+        gres=PRETRAIN_GPUS["gres"],
         runtime=config["resources"]["pretrain_runtime"],
         mem_mb=config["resources"]["pretrain_mem_mb"],
         # Seconds between the warning signal and the kill: the ranks' time to checkpoint (the

@@ -267,11 +267,12 @@ def test_demo_dag_runs_through_the_slurm_profile(
         assert jobs[job_ids[variant]]["Restarts"] == "1", variant
     assert "requeued job" in (results / "logs" / "pretrain" / "t6_moe_self.log").read_text()
     for job in jobs.values():
-        # One task per node holding the node's GPUs; torchrun starts one process per GPU.
+        # One node, one task holding its GPUs; torchrun starts one process per GPU.
         if job["Comment"].startswith("rule_pretrain_wildcards_"):
-            assert job["TresPerNode"] == "gres:gpu:2" and job["NumTasks"] == "1", job
+            assert job["TresPerJob"] == "gres:gpu:2" and job["NumTasks"] == "1", job
+            assert job["NumNodes"] == "1", job
         if job["Comment"].startswith("rule_finetune_wildcards_"):
-            assert job["TresPerNode"] == "gres:gpu:1" and job["NumTasks"] == "1", job
+            assert job["TresPerJob"] == "gres:gpu:1" and job["NumTasks"] == "1", job
 
 
 def expected_cells() -> dict[tuple[str, str, float], int]:
@@ -367,14 +368,14 @@ def assert_same_tensors(got: object, want: object, where: str = "encoder") -> No
 
 def test_a_multi_gpu_job_runs_its_command_once(cluster: None, tmp_path: Path) -> None:
     """With N GPUs on a node the plugin asks for one task holding them: the rule's launcher
-    (srun, then torchrun) starts the N processes.
+    (torchrun) starts the N processes.
 
     Releases before 2.7.1 asked for one task per GPU, and srun ran the whole job N times.
     """
     (tmp_path / "Snakefile").write_text(
         "rule pretrain:\n"
         "    output: 'launches.txt'\n"
-        f"    resources: runtime=5, nodes=1, gres='gpu:{NODE_GPUS}'\n"
+        f"    resources: runtime=5, nodes=1, gpu={NODE_GPUS}\n"
         "    shell: 'echo $SLURM_JOB_ID >> {output}'\n"
     )
     overrides = tiny_profile(tmp_path / "profile")
@@ -388,4 +389,4 @@ def test_a_multi_gpu_job_runs_its_command_once(cluster: None, tmp_path: Path) ->
     assert result.returncode == 0, result.stderr[-3000:]
     (job_id,) = (tmp_path / "launches.txt").read_text().split()
     job = jobs_of_run(result.stdout + result.stderr)[job_id]
-    assert job["TresPerNode"] == f"gres:gpu:{NODE_GPUS}" and job["NumTasks"] == "1", job
+    assert job["TresPerJob"] == f"gres:gpu:{NODE_GPUS}" and job["NumTasks"] == "1", job

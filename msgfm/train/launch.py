@@ -1,24 +1,27 @@
 """Starting a training job's processes: one per GPU, on one node or across a SLURM allocation.
 
-Every training rule calls ``python -m msgfm launch --nodes N --gpus-per-node G -- <verb ...>``;
-the path is the same for 1 process, 1 node and N nodes:
+Every training rule calls ``python -m msgfm launch --nodes N --gpus-per-node G -- <verb ...>``:
 
-- **Under SLURM** (``SLURM_JOB_ID`` set) the launcher starts one task per node with
-  ``srun --overlap --ntasks-per-node 1 --mem=0`` (inside the step the SLURM plugin already runs:
-  the new step shares its CPUs, GPUs and memory), and each task is the per-node launcher below. The job asks
-  for ``--nodes N --ntasks-per-node 1 --gres gpu:G`` (rules/pretrain.smk, the slurm profile), so
-  the scheduler never splits a node's GPUs over several nodes.
-- **Per node**, torchrun starts G processes. On one node its rendezvous and the process group meet
-  through files in a private temporary folder and gloo/NCCL bind to loopback: nothing listens on
-  the node's network (torchrun's ``--standalone`` store listens on every interface). On several
-  nodes every task meets at a c10d store on the allocation's first node, at a port derived from
-  the job id so every node computes the same endpoint.
+- **One node** (the paper's 8 GPUs): torchrun starts G processes right here, in the job step
+  that the SLURM plugin created with the job's GPUs (``--gpus G --nodes 1``: the scheduler
+  cannot split them over nodes). Its rendezvous and the process group meet through files in a
+  private temporary folder and gloo/NCCL bind to loopback: nothing listens on the node's
+  network (torchrun's ``--standalone`` store listens on every interface). One process needs no
+  torchrun.
+- **Several nodes**: the job asks for ``--nodes N --ntasks-per-node 1 --gres gpu:G`` and the
+  launcher starts one task per node with ``srun --overlap --mem=0`` (a step sharing the CPUs,
+  GPUs and memory of the step it starts from); each task is this module again
+  (``--node-task``), running torchrun for its node's G processes, and all meet at a c10d store
+  on the allocation's first node, at a port derived from the job id so every node computes the
+  same endpoint.
 - **Signals.** SLURM's signals and Ctrl-C reach every process of the step or terminal; each
   rank checkpoints at the end of its step and exits 75 (msgfm.train.preemption). torchrun
-  forwards the time-limit warning too and waits ``--grace`` seconds for its workers (its own
-  default, 30 s, is too short to write a Swin-B checkpoint to a shared filesystem) before
-  killing them. The launcher exits 75 whenever it saw one of those signals, whatever
-  torchrun's own status.
+  forwards them too and waits ``--grace`` seconds for its workers (its own default, 30 s, is
+  too short to write a Swin-B checkpoint to a shared filesystem) before killing them. The
+  launcher exits 75 whenever it saw one of those signals, whatever torchrun's own status.
+  Several nodes have one gap: srun ends its step at once on SIGTERM, so a multi-node job
+  cancelled or preempted with SIGTERM keeps only its last periodic checkpoint (the time-limit
+  warning, SIGURG, passes srun by).
 - **Time limits.** The profile asks SLURM for SIGURG ``lead`` seconds before the time limit.
   A job warned that way checkpoints and requeues itself (``scontrol requeue``: same job id, a
   fresh time limit, resumed from the checkpoint), so a run longer than the partition's limit is
@@ -147,12 +150,12 @@ def launch(args: argparse.Namespace) -> int:
     layout = Layout(args.nodes, args.gpus_per_node)
     verb = args.verb[1:] if args.verb[:1] == ["--"] else list(args.verb)
     env = dict(os.environ)
-    if "SLURM_JOB_ID" in env and not args.node_task:
+    if layout.nodes > 1 and "SLURM_JOB_ID" in env and not args.node_task:
         job = slurm_job(env["SLURM_JOB_ID"])
         hosts = slurm_hosts(job["NodeList"])
         if len(hosts) != layout.nodes:
             raise LaunchError(
-                f"the job runs on {layout.nodes} node(s) (pretrain.nodes) but SLURM allocated "
+                f"the job runs on {layout.nodes} nodes (pretrain.nodes) but SLURM allocated "
                 f"{len(hosts)} ({job['NodeList']}): set the node count in the workflow config, "
                 "not in the profile"
             )
