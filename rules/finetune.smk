@@ -54,11 +54,10 @@ rule finetune:
         config=finetune_job_config,
         out=lambda wildcards, output: Path(output[0]).parent,
     # exec: the launcher must be the process that SLURM's warning signal reaches, not a shell.
-    # Appended: the attempts of a requeued or resubmitted job stay in one log, in order.
     shell:
         "exec python -m msgfm launch --gpus-per-node {resources.gpus_per_node}"
         " --grace {resources.signal_lead} --requeues {resources.requeues} -- --threads {threads}"
-        " finetune --config-json {params.config:q} --out {params.out} >> {log} 2>&1"
+        " finetune --config-json {params.config:q} --out {params.out} > {log} 2>&1"
 
 
 # A cell fed a subset of the task's sensors (config finetune.grids.<grid>.inputs; paper Fig. 4):

@@ -30,12 +30,11 @@ rule pretrain:
         config=pretrain_job_config,
         out=lambda wildcards: PRETRAIN / wildcards.variant,
     # exec: the launcher must be the process that SLURM's warning signal reaches, not a shell.
-    # Appended: the attempts of a requeued or resubmitted job stay in one log, in order.
     shell:
         "exec python -m msgfm launch --nodes {resources.nodes}"
         " --gpus-per-node {resources.gpus_per_node} --grace {resources.signal_lead}"
         " --requeues {resources.requeues} -- --threads {threads}"
-        " pretrain --config-json {params.config:q} --out {params.out} >> {log} 2>&1"
+        " pretrain --config-json {params.config:q} --out {params.out} > {log} 2>&1"
 
 
 rule pretrain_summary:

@@ -246,7 +246,7 @@ def interrupted_run(
 def test_demo_dag_runs_through_the_slurm_profile(
     interrupted_run: tuple[Path, str, dict[str, str]],
 ) -> None:
-    results, output, job_ids = interrupted_run
+    _, output, job_ids = interrupted_run
     jobs = jobs_of_run(output)
     print_timings(jobs)
     # Every job of the DAG went through sbatch (a resubmitted job has its rule and wildcards
@@ -263,9 +263,8 @@ def test_demo_dag_runs_through_the_slurm_profile(
     # twice under their own ids. Everything else went through once.
     failed = {job_id for job_id, job in jobs.items() if job["JobState"] != "COMPLETED"}
     assert failed == {job_ids["t6_dense_self"]}, {j: jobs[j]["JobState"] for j in failed}
-    for variant in ("t6_moe_cross50", "t6_moe_self"):
+    for variant in ("t6_moe_cross50", "t6_moe_self"):  # t6_moe_self was only sent SIGURG
         assert jobs[job_ids[variant]]["Restarts"] == "1", variant
-    assert "requeued job" in (results / "logs" / "pretrain" / "t6_moe_self.log").read_text()
     for job in jobs.values():
         # One node, one task holding its GPUs; torchrun starts one process per GPU.
         if job["Comment"].startswith("rule_pretrain_wildcards_"):
