@@ -194,9 +194,10 @@ def test_gradients_match_per_token_reference(
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_expert_without_tokens_gets_exactly_zero_gradient() -> None:
+@pytest.mark.parametrize("dispatch", ["grouped", "capacity"])
+def test_expert_without_tokens_gets_exactly_zero_gradient(dispatch: str) -> None:
     """Positive tokens never pick experts 2 and 3 (negative logits): their grads are 0."""
-    layer = MoEMlp(2, 4, num_experts=4, capacity_factor=1.0).eval()
+    layer = MoEMlp(2, 4, num_experts=4, capacity_factor=1.0, dispatch=dispatch).eval()
     set_gate(layer, [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     randomised_experts(layer, seed=6)
     layer(torch.rand(8, 2) + 0.1).sum().backward()
@@ -359,8 +360,9 @@ def test_batch_tokens_are_routed_together() -> None:
     torch.testing.assert_close(layer(tokens).reshape(18, 8), layer(tokens.reshape(18, 8)))
 
 
-def test_autocast_keeps_gate_in_fp32() -> None:
-    layer = MoEMlp(8, 16, num_experts=4).eval()
+@pytest.mark.parametrize("dispatch", ["grouped", "capacity"])
+def test_autocast_keeps_gate_in_fp32(dispatch: str) -> None:
+    layer = MoEMlp(8, 16, num_experts=4, dispatch=dispatch).eval()
     tokens = torch.randn(40, 8)
     reference = layer(tokens)
     load = layer.last_stats["load"]
@@ -371,9 +373,10 @@ def test_autocast_keeps_gate_in_fp32() -> None:
     torch.testing.assert_close(out, reference, rtol=0.05, atol=0.02)
 
 
-def test_autocast_backward_gives_fp32_gradients() -> None:
+@pytest.mark.parametrize("dispatch", ["grouped", "capacity"])
+def test_autocast_backward_gives_fp32_gradients(dispatch: str) -> None:
     """Under bf16 autocast the expert matmuls run in bf16; gradients come back in fp32."""
-    layer = MoEMlp(8, 16, num_experts=4).eval()
+    layer = MoEMlp(8, 16, num_experts=4, dispatch=dispatch).eval()
     randomised_experts(layer, seed=8)
     tokens = torch.randn(40, 8)
     params = list(layer.experts.parameters())

@@ -19,18 +19,19 @@ traffic: the eight experts' weights are read twice and their gradients written o
 (64 MiB each at D=512, H=2048), eight times the dense MLP's bytes; on glibc the gradients'
 fresh pages dominate that (see ``msgfm.train.memory``).
 
-That grouped dispatch reads the host four times per layer (``nonzero``, boolean indexing,
-``bincount`` and the per-expert counts as Python ints): harmless on CPU, where the host is the
-device, but on a GPU each read stops the CPU from queueing work ahead, and under
-``torch.compile(fullgraph=True)`` each is a graph break. The capacity dispatch has static
-shapes and no host read: every kept (token, choice) goes to row ``expert * C + slot`` of a
-zero (E·C + 1, D) buffer, the dropped ones to the spare last row; the experts run as batched
-matmuls over (E, C, D), and each (token, choice) reads its output back from its row (the spare
-row's output is 0, so dropped tokens output exactly 0). ``dispatch="auto"`` takes the grouped
-dispatch in CPU eager mode and the capacity dispatch on any other device or while compiling.
-``torch._grouped_mm`` (grouped matmuls with device-side offsets, no padding) is not used: in
-torch 2.14 on CPU its float32 backward fails ("Invalid strides/sizes") and rows past the last
-offset are left uninitialised, so the padded batched matmul is the portable path.
+That grouped dispatch reads routing results on the host in every layer (``nonzero`` and
+boolean indexing to find the kept pairs, the per-expert counts as Python ints to slice the
+rows): harmless on CPU, where the host is the device, but on a GPU each read stops the CPU
+from queueing work ahead, and under ``torch.compile(fullgraph=True)`` each is a graph break.
+The capacity dispatch has static shapes and no host read: every kept (token, choice) goes to
+row ``expert * C + slot`` of a zero (E·C + 1, D) buffer, the dropped ones to the spare last
+row; the experts run as batched matmuls over (E, C, D), and each (token, choice) reads its
+output back from its row (the spare row's output is 0, so dropped tokens output exactly 0).
+It pads each expert to C rows, 1.25-1.35x the grouped dispatch's CPU time at Swin-B size
+(bench/moe_layer.py), so ``dispatch="auto"`` takes the grouped dispatch in CPU eager mode and
+the capacity dispatch on any other device or while compiling. ``torch._grouped_mm`` (grouped
+matmuls with device-side offsets, no padding) is not used: in torch 2.14 on CPU its float32
+backward fails ("Invalid strides/sizes") and rows past the last offset are left uninitialised.
 
 Initialisation (decided): experts like timm's Mlp and Swin-MoE (trunc-normal std 0.02 weights,
 zero biases); the router weight trunc-normal std 0.02, which is what Swin-MoE's model-wide
