@@ -131,6 +131,22 @@ def test_zero_capacity_factor_drops_nothing() -> None:
     assert bool((out.abs().sum(1) > 0).all())
 
 
+@pytest.mark.parametrize("dispatch", ["grouped", "capacity"])
+@pytest.mark.parametrize(
+    ("capacity_factor", "capacity", "dropped"), [(-1.0, 2, 0.25), (-2.0, 3, 0.0)]
+)
+def test_negative_capacity_factor_caps_the_busiest_load(
+    dispatch: str, capacity_factor: float, capacity: int, dropped: float
+) -> None:
+    """tutel: C = min(busiest load 3, k·⌊|cf|·⌈N/E⌉⌋), i.e. min(3, 2) and min(3, 4)."""
+    layer = overflow_layer(batch_prioritized=True)
+    layer.capacity_factor, layer.dispatch = capacity_factor, dispatch
+    out = layer(OVERFLOW_TOKENS)
+    assert int(layer.last_stats["capacity"]) == capacity
+    assert float(layer.last_stats["dropped_fraction"]) == pytest.approx(dropped)
+    assert bool((out[0] == 0).all()) == (dropped > 0)  # token 0 has the lowest priority
+
+
 def random_layer(
     top_k: int, batch_prioritized: bool, capacity_factor: float, *, seed: int, expert_seed: int
 ) -> MoEMlp:

@@ -406,9 +406,13 @@ class MoEMlp(nn.Module):
         return out.index_add(0, token_index, weighted)
 
     def _dispatch_capacity(self, tokens: Tensor, routing: Routing) -> Tensor:
-        """Fixed (E, C) expert buffers: static shapes, no host read (see the module doc)."""
+        """Fixed (E, C) expert buffers: static shapes, no host read (see the module doc).
+
+        C is the routing's capacity, at most N: no slot reaches N (moe_gate.static_capacity),
+        so more rows would only pad. With capacity_factor <= 0 that bound is N itself (tutel's
+        data-dependent C cannot size a static buffer), so the buffers hold E·N rows.
+        """
         num_tokens, num_experts = tokens.size(0), self.num_experts
-        # No slot reaches N (moe_gate.static_capacity), so a larger capacity only pads.
         capacity = min(routing.capacity, num_tokens)
         rows = self._buffer_rows(routing, capacity)
         choices = tokens.unsqueeze(1).expand(-1, self.top_k, -1).reshape(-1, self.dim)

@@ -46,7 +46,7 @@ class Routing:
     experts: Tensor  # (N, k) int64: the expert of each choice
     slots: Tensor  # (N, k) int64: position in that expert's buffer; >= capacity means dropped
     gates: Tensor  # (N, k) fp32, differentiable: the weight of the expert's output
-    capacity: int  # slots per expert, known without looking at the data (see route())
+    capacity: int  # slots per expert, known without looking at the data (static_capacity)
     reported_capacity: int | Tensor  # tutel's capacity: a 0-dim device tensor when cf <= 0
     aux_loss: Tensor  # fp32 scalar, differentiable
 
