@@ -6,10 +6,13 @@ tokens (192 px input, 12 x 12 stage-3 map) = 2304 tokens; ``--tokens 288`` is th
 The loop reference routes each expert's tokens by masking, keeps the C highest-priority ones
 and runs that expert's two linears on them, which is the obvious way to write an MoE layer. A
 dense MLP (one expert's size, all N tokens) shows what the same FLOPs cost without 8 experts'
-weights. The script first checks (eval mode, no noise) that both MoE versions give the same
-outputs, then times forward + backward in training mode on CPU (this process's CPU time, which
-other processes' time slices do not inflate), interleaving the contestants so that their
-cache and memory-bandwidth load hits them alike; ratios are medians of per-repetition ratios.
+weights. "native" is the grouped dispatch (what dispatch="auto" takes on CPU); "capacity" is
+the same layer with the sync-free fixed-capacity dispatch (what a GPU or torch.compile takes),
+timed to show what its padding costs on CPU. The script first checks (eval mode, no noise)
+that the MoE versions give the same outputs, then times forward + backward in training mode
+on CPU (this process's CPU time, which other processes' time slices do not inflate),
+interleaving the contestants so that their cache and memory-bandwidth load hits them alike;
+ratios are medians of per-repetition ratios.
 ``--profile`` prints the native layer's per-operator CPU time; ``--retain-freed-memory`` lets
 glibc reuse freed 32 MiB gradient blocks (msgfm.train.memory.retain_freed_cpu_memory). The LAST
 line is the ratio naive_time / native_time.
@@ -21,6 +24,7 @@ line is the ratio naive_time / native_time.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -93,7 +97,9 @@ def main() -> None:
     retained = args.retain_freed_memory and retain_freed_cpu_memory()
 
     torch.manual_seed(0)
-    layer = MoEMlp(512, 2048, num_experts=8, top_k=1, capacity_factor=1.25)
+    layer = MoEMlp(512, 2048, num_experts=8, top_k=1, capacity_factor=1.25, dispatch="grouped")
+    capacity_layer = copy.deepcopy(layer)
+    capacity_layer.dispatch = "capacity"
     dense = nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512))
     tokens = torch.randn(args.tokens, 512, requires_grad=True)
 
@@ -101,20 +107,26 @@ def main() -> None:
     with torch.no_grad():
         native_out = layer(tokens)
         loop_out, loop_aux = per_expert_loop(layer, tokens)
+        capacity_out = capacity_layer.eval()(tokens)
     difference = float((native_out - loop_out).abs().max())
+    if float((native_out - capacity_out).abs().max()) > 1e-4:
+        raise SystemExit("grouped and capacity dispatches disagree")
     if difference > 1e-4 or not torch.allclose(layer.aux_loss, loop_aux):
         raise SystemExit(f"native and per-expert loop disagree (max |diff| = {difference:.2e})")
     layer.train()
+    capacity_layer.train()
 
     steps: dict[str, Callable[[], tuple[Tensor, Tensor]]] = {
         "native": lambda: (layer(tokens), layer.aux_loss),
         "naive": lambda: per_expert_loop(layer, tokens),
+        "capacity": lambda: (capacity_layer(tokens), capacity_layer.aux_loss),
         "dense": lambda: (dense(tokens), torch.zeros(())),
     }
     times: dict[str, list[float]] = {name: [] for name in steps}
     for rep in range(args.reps + 1):  # the first round warms up allocator and kernels
         for name, step in steps.items():
             layer.zero_grad(set_to_none=True)
+            capacity_layer.zero_grad(set_to_none=True)
             dense.zero_grad(set_to_none=True)
             seconds = fwd_bwd_seconds(step)
             if rep:
@@ -133,7 +145,7 @@ def main() -> None:
     print(f"outputs agree in eval mode: max |diff| = {difference:.1e}")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:6s} forward+backward: median {median * 1e3:.1f} ms over {args.reps} reps")
+        print(f"{name:8s} forward+backward: median {median * 1e3:.1f} ms over {args.reps} reps")
     if args.profile:
 
         def native_step() -> None:
@@ -142,6 +154,7 @@ def main() -> None:
 
         print_profile(native_step, reps=5)
     print(f"native / dense MLP of equal FLOPs: {ratio('native', 'dense'):.2f}x")
+    print(f"capacity dispatch / native (grouped): {ratio('capacity', 'native'):.2f}x")
     print(f"moe_layer speedup vs naive per-expert loop: {ratio('naive', 'native'):.2f}x")
 
 

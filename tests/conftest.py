@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from host_sync import HostSyncCounter
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +16,9 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo-data")
     write_demo(root, seed=0)
     return root
+
+
+@pytest.fixture
+def host_syncs() -> HostSyncCounter:
+    """A fresh HostSyncCounter (tests/host_sync.py): ``with host_syncs: ...`` then ``.calls``."""
+    return HostSyncCounter()

@@ -388,3 +388,15 @@ def test_encoder_resizes_for_finetuning_inputs():
         out = encoder.forward_features(backbone_model.embeds["rgb"](torch.randn(1, 3, 128, 128)))
     assert out.shape == (1, 256, 4, 4)
     assert encoder.stages[3].blocks[1].shift_size == (1, 1)  # 4×4 grid > window 2: shifted
+
+
+def test_moe_dispatch_reaches_every_moe_layer():
+    """model.moe.dispatch is passed to each MoEMlp; the preset leaves the choice to "auto"."""
+    assert resolve_config({"preset": "swin_base"})["moe"]["dispatch"] == "auto"
+    model = build_model({"preset": "demo", "moe": {"dispatch": "capacity"}})
+    dispatches = {
+        model.encoder.stages[s].blocks[b].mlp.dispatch for s, b in model.encoder.moe_blocks()
+    }
+    assert dispatches == {"capacity"}
+    with pytest.raises(ValueError, match="dispatch must be one of"):
+        build_model({"preset": "demo", "moe": {"dispatch": "padded"}})

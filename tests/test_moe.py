@@ -131,6 +131,22 @@ def test_zero_capacity_factor_drops_nothing() -> None:
     assert bool((out.abs().sum(1) > 0).all())
 
 
+@pytest.mark.parametrize("dispatch", ["grouped", "capacity"])
+@pytest.mark.parametrize(
+    ("capacity_factor", "capacity", "dropped"), [(-1.0, 2, 0.25), (-2.0, 3, 0.0)]
+)
+def test_negative_capacity_factor_caps_the_busiest_load(
+    dispatch: str, capacity_factor: float, capacity: int, dropped: float
+) -> None:
+    """tutel: C = min(busiest load 3, k·⌊|cf|·⌈N/E⌉⌋), i.e. min(3, 2) and min(3, 4)."""
+    layer = overflow_layer(batch_prioritized=True)
+    layer.capacity_factor, layer.dispatch = capacity_factor, dispatch
+    out = layer(OVERFLOW_TOKENS)
+    assert int(layer.last_stats["capacity"]) == capacity
+    assert float(layer.last_stats["dropped_fraction"]) == pytest.approx(dropped)
+    assert bool((out[0] == 0).all()) == (dropped > 0)  # token 0 has the lowest priority
+
+
 def random_layer(
     top_k: int, batch_prioritized: bool, capacity_factor: float, *, seed: int, expert_seed: int
 ) -> MoEMlp:
@@ -194,9 +210,10 @@ def test_gradients_match_per_token_reference(
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_expert_without_tokens_gets_exactly_zero_gradient() -> None:
+@pytest.mark.parametrize("dispatch", ["grouped", "capacity"])
+def test_expert_without_tokens_gets_exactly_zero_gradient(dispatch: str) -> None:
     """Positive tokens never pick experts 2 and 3 (negative logits): their grads are 0."""
-    layer = MoEMlp(2, 4, num_experts=4, capacity_factor=1.0).eval()
+    layer = MoEMlp(2, 4, num_experts=4, capacity_factor=1.0, dispatch=dispatch).eval()
     set_gate(layer, [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     randomised_experts(layer, seed=6)
     layer(torch.rand(8, 2) + 0.1).sum().backward()
@@ -359,8 +376,9 @@ def test_batch_tokens_are_routed_together() -> None:
     torch.testing.assert_close(layer(tokens).reshape(18, 8), layer(tokens.reshape(18, 8)))
 
 
-def test_autocast_keeps_gate_in_fp32() -> None:
-    layer = MoEMlp(8, 16, num_experts=4).eval()
+@pytest.mark.parametrize("dispatch", ["grouped", "capacity"])
+def test_autocast_keeps_gate_in_fp32(dispatch: str) -> None:
+    layer = MoEMlp(8, 16, num_experts=4, dispatch=dispatch).eval()
     tokens = torch.randn(40, 8)
     reference = layer(tokens)
     load = layer.last_stats["load"]
@@ -371,9 +389,10 @@ def test_autocast_keeps_gate_in_fp32() -> None:
     torch.testing.assert_close(out, reference, rtol=0.05, atol=0.02)
 
 
-def test_autocast_backward_gives_fp32_gradients() -> None:
+@pytest.mark.parametrize("dispatch", ["grouped", "capacity"])
+def test_autocast_backward_gives_fp32_gradients(dispatch: str) -> None:
     """Under bf16 autocast the expert matmuls run in bf16; gradients come back in fp32."""
-    layer = MoEMlp(8, 16, num_experts=4).eval()
+    layer = MoEMlp(8, 16, num_experts=4, dispatch=dispatch).eval()
     randomised_experts(layer, seed=8)
     tokens = torch.randn(40, 8)
     params = list(layer.experts.parameters())
@@ -449,3 +468,135 @@ def test_native_matches_tutel(aux_loss: str) -> None:
     tokens = torch.randn(2, 15, 8)
     torch.testing.assert_close(tutel_layer(tokens), native(tokens), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(tutel_layer.aux_loss, native.aux_loss, rtol=1e-5, atol=1e-7)
+
+
+def dispatch_twins(top_k: int, capacity_factor: float, *, seed: int) -> tuple[MoEMlp, MoEMlp]:
+    """The same random layer (D 6, H 10, 4 experts) with dispatch grouped and capacity."""
+    grouped = random_layer(top_k, True, capacity_factor, seed=seed, expert_seed=seed + 1)
+    grouped.dispatch = "grouped"
+    capacity = MoEMlp(
+        6, 10, num_experts=4, top_k=top_k, capacity_factor=capacity_factor, dispatch="capacity"
+    ).eval()
+    capacity.load_state_dict(grouped.state_dict())
+    return grouped, capacity
+
+
+def forward_backward(
+    layer: MoEMlp, tokens: torch.Tensor, upstream: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Output, aux loss and the gradients of (output · upstream + aux) for input and params."""
+    tokens = tokens.clone().requires_grad_(True)
+    torch.manual_seed(seed)  # the same gate noise in training mode
+    out = layer(tokens)
+    loss = (out * upstream).sum() + layer.aux_loss
+    grads = torch.autograd.grad(loss, [tokens, *layer.parameters()])
+    return out.detach(), layer.aux_loss.detach(), list(grads)
+
+
+@pytest.mark.parametrize(
+    ("num_tokens", "top_k", "capacity_factor", "training"),
+    [
+        (23, 1, 0.6, False),
+        (40, 1, 1.25, False),
+        (9, 1, 0.5, True),
+        (19, 2, 0.8, False),
+        (31, 2, 0.6, True),
+        (17, 1, 0.0, False),
+        (21, 2, -0.7, False),
+    ],
+)
+def test_capacity_dispatch_equals_grouped(
+    num_tokens: int, top_k: int, capacity_factor: float, training: bool
+) -> None:
+    """Outputs, aux loss, statistics and every gradient agree; dropped tokens output exactly 0."""
+    grouped, capacity = dispatch_twins(top_k, capacity_factor, seed=num_tokens)
+    grouped.train(training)
+    capacity.train(training)
+    tokens, upstream = torch.randn(num_tokens, 6), torch.randn(num_tokens, 6)
+    want_out, want_aux, want_grads = forward_backward(grouped, tokens, upstream, seed=3)
+    got_out, got_aux, got_grads = forward_backward(capacity, tokens, upstream, seed=3)
+    torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got_aux, want_aux)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for key in ("load", "kept", "dropped_fraction", "capacity"):
+        assert torch.equal(
+            torch.as_tensor(capacity.last_stats[key]), torch.as_tensor(grouped.last_stats[key])
+        ), key
+    dropped = (want_out == 0).all(1)
+    assert torch.equal(got_out[dropped], torch.zeros_like(got_out[dropped]))
+    if top_k == 1 and 0 < capacity_factor < 1:
+        assert bool(dropped.any())  # the case under test: some tokens lose their only choice
+
+
+@pytest.mark.parametrize(("top_k", "capacity_factor"), [(1, 0.8), (2, 1.25), (1, 0.0), (2, -0.5)])
+def test_capacity_dispatch_reads_nothing_on_the_host(
+    host_syncs, top_k: int, capacity_factor: float
+) -> None:
+    """Training forward + backward, gate noise and dropping included: no host read at all."""
+    layer = MoEMlp(8, 16, num_experts=4, top_k=top_k, capacity_factor=capacity_factor)
+    layer.dispatch = "capacity"
+    tokens = torch.randn(2, 13, 8, requires_grad=True)
+    with host_syncs:
+        out = layer(tokens)
+        (out.square().sum() + layer.aux_loss).backward()
+    assert host_syncs.calls == []
+    assert tokens.grad is not None and layer.experts.batched_fc1_w.grad is not None
+
+
+def test_host_sync_counter_finds_the_grouped_dispatch_reads(host_syncs) -> None:
+    """The same count on the grouped dispatch is not empty, so the test above can fail."""
+    layer = MoEMlp(8, 16, num_experts=4, capacity_factor=0.8, dispatch="grouped")
+    tokens = torch.randn(2, 13, 8, requires_grad=True)
+    with host_syncs:
+        layer(tokens).sum().backward()
+    assert "aten.nonzero.default" in host_syncs.calls
+    assert "aten.index.Tensor" in host_syncs.calls  # experts[kept], a boolean mask
+
+
+def test_host_sync_counter_sees_scalar_reads(host_syncs) -> None:
+    values = torch.arange(5)
+    with host_syncs:
+        float(values.sum())
+        values[values > 2]
+        torch.bincount(values)
+        values.repeat_interleave(2)  # int repeats: static output shape, not counted
+    assert host_syncs.calls == [
+        "aten._local_scalar_dense.default",
+        "aten.index.Tensor",
+        "aten.bincount.default",
+    ]
+
+
+def test_auto_dispatch_is_grouped_only_in_cpu_eager(monkeypatch) -> None:
+    layer = MoEMlp(8, 16, num_experts=4)
+    assert layer.dispatch == "auto"
+    assert not layer._capacity_dispatch(torch.zeros(2, 8))
+    assert layer._capacity_dispatch(torch.zeros(2, 8, device="meta"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert layer._capacity_dispatch(torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="dispatch must be one of"):
+        MoEMlp(8, 16, dispatch="padded")
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_layer_has_one_graph_and_matches_eager(backend: str) -> None:
+    """fullgraph=True fails on any graph break; "auto" must pick the capacity dispatch there.
+
+    aot_eager traces forward and backward without generating code; inductor also compiles
+    them (C++ on CPU, about 20 s here).
+    """
+    torch._dynamo.reset()
+    eager, _ = dispatch_twins(2, 0.7, seed=4)
+    eager.dispatch = "auto"
+    compiled = torch.compile(eager, fullgraph=True, backend=backend)
+    tokens, upstream = torch.randn(2, 11, 6), torch.randn(2, 11, 6)
+    got_out, got_aux, got_grads = forward_backward(compiled, tokens, upstream, seed=0)
+    got_stats = dict(eager.last_stats)
+    want_out, want_aux, want_grads = forward_backward(eager, tokens, upstream, seed=0)
+    assert float(eager.last_stats["dropped_fraction"]) > 0
+    torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_aux, want_aux, rtol=1e-6, atol=1e-7)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got_stats["kept"], eager.last_stats["kept"])

@@ -32,6 +32,7 @@ class MoESettings:
     batch_prioritized: bool = True
     aux_loss: str = "swin"
     backend: str = "native"
+    dispatch: str = "auto"  # native backend: grouped | capacity | auto (msgfm.model.moe)
 
 
 def stage_resolutions(img_size: int, patch_size: int, num_stages: int) -> list[int]:
@@ -113,6 +114,7 @@ class SwinEncoder(nn.Module):
                 batch_prioritized=moe.batch_prioritized,
                 aux_loss=moe.aux_loss,
                 backend=moe.backend,
+                dispatch=moe.dispatch,
             )
             self._moe_positions.append((moe.stage, index))
 

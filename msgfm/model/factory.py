@@ -56,6 +56,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_prioritized": True,
             "aux_loss": "swin",
             "backend": "native",
+            # grouped: no padding, fastest on CPU, reads the host per layer; capacity: static
+            # shapes, no host read (GPU, torch.compile); auto: grouped only in CPU eager mode.
+            "dispatch": "auto",
         },
         "distill": {"dim": None, "alpha": 1.0},
         # EVA-style (Table 5): with a dim, the decoders predict a teacher's D_t-wide patch

@@ -19,6 +19,20 @@ traffic: the eight experts' weights are read twice and their gradients written o
 (64 MiB each at D=512, H=2048), eight times the dense MLP's bytes; on glibc the gradients'
 fresh pages dominate that (see ``msgfm.train.memory``).
 
+That grouped dispatch reads routing results on the host in every layer (``nonzero`` and
+boolean indexing to find the kept pairs, the per-expert counts as Python ints to slice the
+rows): harmless on CPU, where the host is the device, but on a GPU each read stops the CPU
+from queueing work ahead, and under ``torch.compile(fullgraph=True)`` each is a graph break.
+The capacity dispatch has static shapes and no host read: every kept (token, choice) goes to
+row ``expert * C + slot`` of a zero (E·C + 1, D) buffer, the dropped ones to the spare last
+row; the experts run as batched matmuls over (E, C, D), and each (token, choice) reads its
+output back from its row (the spare row's output is 0, so dropped tokens output exactly 0).
+It pads each expert to C rows, 1.25-1.35x the grouped dispatch's CPU time at Swin-B size
+(bench/moe_layer.py), so ``dispatch="auto"`` takes the grouped dispatch in CPU eager mode and
+the capacity dispatch on any other device or while compiling. ``torch._grouped_mm`` (grouped
+matmuls with device-side offsets, no padding) is not used: in torch 2.14 on CPU its float32
+backward fails ("Invalid strides/sizes") and rows past the last offset are left uninitialised.
+
 Initialisation (decided): experts like timm's Mlp and Swin-MoE (trunc-normal std 0.02 weights,
 zero biases); the router weight trunc-normal std 0.02, which is what Swin-MoE's model-wide
 ``_init_weights`` gives it. Dropout ``drop`` acts after the activation only (Swin-MoE's
@@ -35,9 +49,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from msgfm.model.moe_gate import AUX_LOSSES, TopKGate, expert_capacity, route
+from msgfm.model.moe_gate import AUX_LOSSES, Routing, TopKGate, expert_capacity, one_hot, route
 
 BACKENDS = ("native", "tutel")
+DISPATCHES = ("grouped", "capacity", "auto")
 TUTEL_ENV = "envs/pretrain_tutel.yaml"
 
 
@@ -110,9 +125,32 @@ class BatchedExperts(nn.Module):
     def forward(
         self, tokens: Tensor, counts: list[int], activation: Callable[[Tensor], Tensor]
     ) -> Tensor:
-        """Run expert e on its ``counts[e]`` consecutive rows of tokens (K, D) -> (K, D_out).
+        """Run expert e on its ``counts[e]`` consecutive rows of tokens (K, D) -> (K, D_out)."""
+        tokens, (fc1_w, fc1_b, fc2_w, fc2_b) = self._in_matmul_dtype(tokens)
+        bounds = [0, *itertools.accumulate(counts)]
+        with torch.autocast(tokens.device.type, enabled=False):
+            hidden = GroupedLinear.apply(tokens, fc1_w, fc1_b, bounds, True)
+            return GroupedLinear.apply(activation(hidden), fc2_w, fc2_b, bounds, False)
 
-        Under autocast the matmuls run in the autocast dtype, as autocast would run them.
+    def padded(self, buffer: Tensor, activation: Callable[[Tensor], Tensor]) -> Tensor:
+        """Run expert e on row block ``buffer[e]`` of (E, C, D) -> (E, C, D_out), no host read.
+
+        fc1 computes the hidden layer transposed, (E, H, C) = W1 · xᵀ: autograd then writes
+        fc1's weight gradient by one batched matmul straight in its (E, H, D) layout, where
+        ``x · W1ᵀ`` would hand AccumulateGrad a transposed view to copy. Likewise fc2's
+        gradient (hidden · grad) comes out (E, H, D_out). The activation is elementwise, so the
+        layout does not change it.
+        """
+        buffer, (fc1_w, fc1_b, fc2_w, fc2_b) = self._in_matmul_dtype(buffer)
+        with torch.autocast(buffer.device.type, enabled=False):
+            hidden_t = torch.baddbmm(fc1_b.unsqueeze(2), fc1_w, buffer.transpose(1, 2))
+            return torch.baddbmm(fc2_b.unsqueeze(1), activation(hidden_t).transpose(1, 2), fc2_w)
+
+    def _in_matmul_dtype(self, tokens: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Tokens and (fc1_w, fc1_b, fc2_w, fc2_b) in the dtype the expert matmuls run in.
+
+        Under autocast that is the autocast dtype, as autocast would run the matmuls; the
+        casts stay in the graph, so the gradients come back in the parameters' dtype.
         """
         params = (
             self.batched_fc1_w,
@@ -123,13 +161,8 @@ class BatchedExperts(nn.Module):
         device_type = tokens.device.type
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
-            params = tuple(param.to(dtype) for param in params)
-            tokens = tokens.to(dtype)
-        fc1_w, fc1_b, fc2_w, fc2_b = params
-        bounds = [0, *itertools.accumulate(counts)]
-        with torch.autocast(device_type, enabled=False):
-            hidden = GroupedLinear.apply(tokens, fc1_w, fc1_b, bounds, True)
-            return GroupedLinear.apply(activation(hidden), fc2_w, fc2_b, bounds, False)
+            return tokens.to(dtype), tuple(param.to(dtype) for param in params)
+        return tokens, params
 
 
 def init_experts(experts: nn.Module) -> None:
@@ -169,9 +202,15 @@ class MoEMlp(nn.Module):
     the whole local batch at once, so capacity and priority depend on the batch).
     After each forward, ``aux_loss`` holds the differentiable balancing loss (the caller
     weights and sums it) and ``last_stats`` detached routing statistics: ``load`` (assignments
-    per expert before dropping), ``kept`` (after), ``dropped_fraction`` and ``capacity``.
+    per expert before dropping), ``kept`` (after), ``dropped_fraction`` and ``capacity``. The
+    first three are device tensors, and so is ``capacity`` when capacity_factor <= 0 (tutel
+    then sizes it from the routing): they cost no host read until someone logs them.
     With ``backend="tutel"`` the routing happens inside tutel, so only ``capacity`` is known
     and the three others are None.
+
+    ``dispatch`` picks how the native backend moves tokens to experts (module docstring):
+    "grouped" (fastest on CPU, reads the host), "capacity" (static shapes, no host read) or
+    "auto" (grouped in CPU eager mode, capacity on other devices and under torch.compile).
     """
 
     def __init__(
@@ -186,6 +225,7 @@ class MoEMlp(nn.Module):
         batch_prioritized: bool = True,
         aux_loss: str = "swin",
         backend: str = "native",
+        dispatch: str = "auto",
         act_layer: Callable[[], nn.Module] = nn.GELU,
         drop: float = 0.0,
         out_dim: int | None = None,
@@ -209,13 +249,15 @@ class MoEMlp(nn.Module):
             raise ValueError(f"MoEMlp: gate_noise must be >= 0, got {gate_noise}")
         if backend not in BACKENDS:
             raise ValueError(f"MoEMlp: backend must be one of {BACKENDS}, got {backend!r}")
+        if dispatch not in DISPATCHES:
+            raise ValueError(f"MoEMlp: dispatch must be one of {DISPATCHES}, got {dispatch!r}")
         self.dim, self.hidden_dim = dim, hidden_dim
         self.out_dim = out_dim or dim
         self.num_experts, self.top_k = num_experts, top_k
         self.capacity_factor, self.gate_noise = capacity_factor, gate_noise
         self.batch_prioritized = batch_prioritized
         self.aux_loss_type = aux_loss
-        self.backend = backend
+        self.backend, self.dispatch = backend, dispatch
         self.act = act_layer()
         self.drop = nn.Dropout(drop)
         self.aux_loss: Tensor = torch.zeros(())
@@ -281,7 +323,7 @@ class MoEMlp(nn.Module):
             f"num_experts={self.num_experts}, top_k={self.top_k}, "
             f"capacity_factor={self.capacity_factor}, gate_noise={self.gate_noise}, "
             f"batch_prioritized={self.batch_prioritized}, aux_loss={self.aux_loss_type!r}, "
-            f"backend={self.backend!r}"
+            f"backend={self.backend!r}, dispatch={self.dispatch!r}"
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -328,13 +370,25 @@ class MoEMlp(nn.Module):
             aux_loss=self.aux_loss_type,
         )
         self.aux_loss = routing.aux_loss
+        kept_counts = self._record_stats(routing)
+        if not torch.is_autocast_enabled(tokens.device.type):
+            tokens = tokens.to(self.experts.batched_fc1_w.dtype)
+        if self._capacity_dispatch(tokens):
+            return self._dispatch_capacity(tokens, routing)
+        return self._dispatch_grouped(tokens, routing, kept_counts)
 
+    def _capacity_dispatch(self, tokens: Tensor) -> bool:
+        """Whether this forward takes the capacity dispatch (``dispatch`` in the class doc)."""
+        if self.dispatch == "auto":
+            return tokens.device.type != "cpu" or torch.compiler.is_compiling()
+        return self.dispatch == "capacity"
+
+    def _dispatch_grouped(self, tokens: Tensor, routing: Routing, kept_counts: Tensor) -> Tensor:
+        """Kept (token, choice) pairs sorted by expert, no padding; reads the host (see top)."""
         experts, slots = routing.experts.reshape(-1), routing.slots.reshape(-1)
         kept = slots < routing.capacity
         token_index = kept.nonzero()[:, 0] // self.top_k
         kept_experts, kept_slots = experts[kept], slots[kept]
-        kept_counts = self._record_stats(experts, kept_experts, routing.capacity)
-
         # An expert's kept slots are exactly 0..kept-1, so expert offset + slot puts the kept
         # (token, choice) pairs in expert order, each expert's in slot order.
         offsets = kept_counts.cumsum(0) - kept_counts
@@ -344,8 +398,6 @@ class MoEMlp(nn.Module):
         )
         token_index = token_index[order]
         gates = routing.gates.reshape(-1)[kept][order]
-        if not torch.is_autocast_enabled(tokens.device.type):
-            tokens = tokens.to(self.experts.batched_fc1_w.dtype)
         expert_out = self.experts(
             tokens.index_select(0, token_index), kept_counts.tolist(), self._hidden_activation
         )
@@ -353,15 +405,47 @@ class MoEMlp(nn.Module):
         out = weighted.new_zeros(tokens.size(0), self.out_dim)
         return out.index_add(0, token_index, weighted)
 
+    def _dispatch_capacity(self, tokens: Tensor, routing: Routing) -> Tensor:
+        """Fixed (E, C) expert buffers: static shapes, no host read (see the module doc).
+
+        C is the routing's capacity, at most N: no slot reaches N (moe_gate.static_capacity),
+        so more rows would only pad. With capacity_factor <= 0 that bound is N itself (tutel's
+        data-dependent C cannot size a static buffer), so the buffers hold E·N rows.
+        """
+        num_tokens, num_experts = tokens.size(0), self.num_experts
+        capacity = min(routing.capacity, num_tokens)
+        rows = self._buffer_rows(routing, capacity)
+        choices = tokens.unsqueeze(1).expand(-1, self.top_k, -1).reshape(-1, self.dim)
+        buffer = tokens.new_zeros(num_experts * capacity + 1, self.dim)
+        # Only the spare last row receives several tokens (all dropped ones); it is never read.
+        buffer = buffer.index_put((rows,), choices)
+        expert_in = buffer[:-1].view(num_experts, capacity, self.dim)
+        expert_out = self.experts.padded(expert_in, self._hidden_activation)
+        expert_out = nn.functional.pad(expert_out.reshape(-1, self.out_dim), (0, 0, 0, 1))
+        gathered = expert_out.index_select(0, rows).view(num_tokens, self.top_k, self.out_dim)
+        return (routing.gates.unsqueeze(2) * gathered.float()).sum(1)
+
+    def _buffer_rows(self, routing: Routing, capacity: int) -> Tensor:
+        """Row of every (token, choice) in the (E·C + 1)-row buffer; dropped ones get row E·C."""
+        experts, slots = routing.experts.reshape(-1), routing.slots.reshape(-1)
+        spare = torch.full_like(slots, self.num_experts * capacity)
+        return torch.where(slots < capacity, experts * capacity + slots, spare)
+
     @torch.no_grad()
-    def _record_stats(self, experts: Tensor, kept_experts: Tensor, capacity: int) -> Tensor:
-        """Fill ``last_stats`` and return the kept count per expert."""
-        load = torch.bincount(experts, minlength=self.num_experts)
-        kept = torch.bincount(kept_experts, minlength=self.num_experts)
+    def _record_stats(self, routing: Routing) -> Tensor:
+        """Fill ``last_stats`` with device tensors and return the kept count per expert.
+
+        One-hot sums instead of ``bincount`` (whose output length needs the maximum on the
+        host) and instead of boolean indexing, so recording costs no host read.
+        """
+        experts = routing.experts.reshape(-1)
+        kept = routing.slots.reshape(-1) < routing.capacity
+        assigned = one_hot(experts, self.num_experts)
+        kept_counts = (assigned * kept.unsqueeze(1)).sum(0)
         self.last_stats = {
-            "load": load,
-            "kept": kept,
-            "dropped_fraction": 1.0 - kept.sum().float() / experts.numel(),
-            "capacity": capacity,
+            "load": assigned.sum(0),
+            "kept": kept_counts,
+            "dropped_fraction": 1.0 - kept_counts.sum().float() / experts.numel(),
+            "capacity": routing.reported_capacity,
         }
-        return kept
+        return kept_counts

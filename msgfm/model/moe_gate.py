@@ -4,6 +4,8 @@ This reproduces the routing of ``tutel.moe.moe_layer`` as the Swin-MoE code conf
 (SPEC §2.1), so that a model trained with the native layer and one trained with tutel route the
 same tokens to the same experts given the same weights and the same noise. Every step is
 vectorised over tokens; the only Python loop runs over the k routing choices (k is 1 or 2).
+Nothing here reads a device value on the host (no ``.item()``, no data-dependent shape), so a
+GPU never stalls the CPU in routing and ``torch.compile(fullgraph=True)`` sees one graph.
 
 The routing works on the N tokens it is given (the local batch). With several processes each one
 routes its own tokens, so capacity and priority are per process, exactly as in tutel.
@@ -44,7 +46,8 @@ class Routing:
     experts: Tensor  # (N, k) int64: the expert of each choice
     slots: Tensor  # (N, k) int64: position in that expert's buffer; >= capacity means dropped
     gates: Tensor  # (N, k) fp32, differentiable: the weight of the expert's output
-    capacity: int  # slots per expert
+    capacity: int  # slots per expert, known without looking at the data (static_capacity)
+    reported_capacity: int | Tensor  # tutel's capacity: a 0-dim device tensor when cf <= 0
     aux_loss: Tensor  # fp32 scalar, differentiable
 
 
@@ -52,6 +55,12 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_fact
     """tutel's capacity C = k·⌊cf·⌈N/E⌉⌋ for cf > 0 (cf <= 0 is handled in route())."""
     tokens_per_expert = -(-num_tokens // num_experts)
     return top_k * int(capacity_factor * tokens_per_expert)
+
+
+def one_hot(indices: Tensor, num_classes: int) -> Tensor:
+    """``F.one_hot`` without its range check, which reads min and max on the host on CPU."""
+    classes = torch.arange(num_classes, device=indices.device)
+    return (indices.unsqueeze(-1) == classes).long()
 
 
 def cv_squared(values: Tensor) -> Tensor:
@@ -80,7 +89,7 @@ def swin_aux_loss(
 def gshard_aux_loss(noisy_scores: Tensor, top1_experts: Tensor) -> Tensor:
     """GShard's loss E·Σ_e mean_prob_e·frac_tokens_e, on the noisy scores as tutel does."""
     num_experts = noisy_scores.size(1)
-    fraction = F.one_hot(top1_experts, num_experts).float().mean(0)
+    fraction = one_hot(top1_experts, num_experts).float().mean(0)
     return num_experts * (noisy_scores.mean(0) * fraction).sum()
 
 
@@ -97,14 +106,14 @@ def _slots_per_choice(choices: Tensor, num_experts: int, priority_scores: Tensor
     offset = choices.new_zeros(num_experts)
     slots = []
     for column in choices.unbind(1):
-        one_hot = F.one_hot(column, num_experts)
+        hot = one_hot(column, num_experts)
         if order is None:
-            positions = one_hot.cumsum(0) - 1
+            positions = hot.cumsum(0) - 1
         else:
-            positions = torch.empty_like(one_hot)
-            positions[order] = one_hot[order].cumsum(0) - 1
+            positions = torch.empty_like(hot)
+            positions[order] = hot[order].cumsum(0) - 1
         slots.append(positions.gather(1, column[:, None])[:, 0] + offset[column])
-        offset = offset + one_hot.sum(0)
+        offset = offset + hot.sum(0)
     return torch.stack(slots, dim=1)
 
 
@@ -123,7 +132,7 @@ def route(
     capacity_factor follows tutel: > 0 gives C = k·⌊cf·⌈N/E⌉⌋; 0 sizes C to the busiest
     expert (nothing is dropped); < 0 does the same but caps C at k·⌊|cf|·⌈N/E⌉⌋.
     """
-    num_tokens, num_experts = logits.shape
+    num_experts = logits.size(1)
     noisy_logits = logits
     if training and gate_noise > 0:
         noise = torch.randn_like(logits)
@@ -142,8 +151,34 @@ def route(
     priority = top_scores[:, 0].detach() if batch_prioritized else None
     slots = _slots_per_choice(experts, num_experts, priority)
 
+    capacity, reported = static_capacity(slots, num_experts, top_k, capacity_factor)
+    return Routing(
+        experts=experts,
+        slots=slots,
+        gates=gates,
+        capacity=capacity,
+        reported_capacity=reported,
+        aux_loss=loss,
+    )
+
+
+def static_capacity(
+    slots: Tensor, num_experts: int, top_k: int, capacity_factor: float
+) -> tuple[int, int | Tensor]:
+    """The drop threshold as a Python int from shapes alone, and tutel's capacity to report.
+
+    For cf <= 0 tutel sets C to the busiest expert's load (capped at k·⌊|cf|·⌈N/E⌉⌋ for
+    cf < 0), which needs the slots' maximum on the host. Every slot is below the busiest load
+    and below N (a token's k choices are k different experts, so an expert gets at most N
+    assignments), so a threshold of N (cf = 0) or min(N, cap) (cf < 0) drops exactly the
+    assignments tutel drops. tutel's value is still reported, as a device tensor that is read
+    only when logged.
+    """
+    num_tokens = slots.size(0)
     capacity = expert_capacity(num_tokens, num_experts, top_k, abs(capacity_factor))
-    if capacity_factor <= 0:
-        busiest = int(slots.max()) + 1
-        capacity = busiest if capacity_factor == 0 else min(busiest, capacity)
-    return Routing(experts=experts, slots=slots, gates=gates, capacity=capacity, aux_loss=loss)
+    if capacity_factor > 0:
+        return capacity, capacity
+    busiest = slots.max() + 1
+    if capacity_factor == 0:
+        return num_tokens, busiest
+    return min(num_tokens, capacity), busiest.clamp(max=capacity)
