@@ -66,22 +66,24 @@ def _tile_downstream(args: argparse.Namespace) -> object:
     )
 
 
-def _cpu_training_allocator() -> None:
-    """Before a CPU training job builds its model: let glibc reuse freed gradient blocks."""
+def _prepare_training_process() -> None:
+    """Before a training job opens its shards and builds its model: as many open files as the
+    node allows (msgfm.data.shards keeps maps open), and on CPU let glibc reuse freed gradient
+    blocks."""
     import torch
 
     from msgfm.train.memory import retain_freed_cpu_memory
+    from msgfm.train.resources import raise_open_file_limit
 
+    raise_open_file_limit()
     if not torch.cuda.is_available():
         retain_freed_cpu_memory()
 
 
 def _pretrain(args: argparse.Namespace) -> object:
     from msgfm.pretrain.loop import run_pretraining
-    from msgfm.train.resources import raise_open_file_limit
 
-    raise_open_file_limit()
-    _cpu_training_allocator()
+    _prepare_training_process()
 
     return run_pretraining(json.loads(args.config_json), args.out)
 
@@ -100,10 +102,8 @@ def _pretrain_summary(args: argparse.Namespace) -> object:
 
 def _finetune(args: argparse.Namespace) -> object:
     from msgfm.finetune.loop import run_finetuning
-    from msgfm.train.resources import raise_open_file_limit
 
-    raise_open_file_limit()
-    _cpu_training_allocator()
+    _prepare_training_process()
 
     return run_finetuning(json.loads(args.config_json), args.out)
 
