@@ -123,7 +123,9 @@ def gpu_request(nodes, gpus_per_node):
     return {"gpu": 0, "gres": f"gpu:{gpus_per_node}"}
 
 
-PRETRAIN_GPUS = gpu_request(config["pretrain"]["nodes"], config["pretrain"]["gpus_per_node"])
+PRETRAIN_GPUS = gpu_request(
+    config["pretrain"]["nodes"], config["pretrain"]["gpus_per_node"]
+)
 FINETUNE_GPUS = gpu_request(1, config["finetune"]["gpus"])
 
 
