@@ -117,6 +117,30 @@ def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(shard
     assert {"encoder.pt", "config.json", "metrics.json", "figures"} <= artifacts
 
 
+def test_a_job_honours_the_speed_switches_and_survives_a_failing_compile(
+    shards, tmp_path, monkeypatch, caplog
+):
+    """compile forced on with torch.compile raising, activation checkpointing on every stage,
+    amp fp16 (no effect on CPU): the job runs eager, logs why once, and trains the weights of
+    a job without the switches (recomputed blocks give the same gradients)."""
+    from msgfm.pretrain.loop import run_pretraining
+
+    plain = tmp_path / "plain"
+    run_pretraining(job_config(shards, tmp_path), plain)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("compiler unavailable")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    switched = tmp_path / "switched"
+    config = job_config(shards, tmp_path, compile=True, activation_checkpointing=True, amp="fp16")
+    with caplog.at_level("WARNING", logger="msgfm.train.speed"):
+        run_pretraining(config, switched)
+    assert caplog.text.count("torch.compile failed, running eager: RuntimeError") == 1
+    for name, tensor in weights(plain).items():
+        torch.testing.assert_close(weights(switched)[name], tensor, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_run_resumes_to_bitwise_identical_weights(shards, tmp_path, sig):

@@ -49,7 +49,9 @@ from msgfm.train.distributed import (
     init_distributed,
 )
 from msgfm.train.optim import build_optimization
+from msgfm.train.precision import job_precision
 from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
+from msgfm.train.speed import prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -186,21 +188,22 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
         config_hash=chash,
         enabled=ctx.is_main,
     )
+    precision = job_precision(settings.get("amp", "bf16"), ctx.device)
     trainer = Trainer(
-        model=model, train_model=wrap_ddp(model, ctx), optimizer=optimizer, scheduler=scheduler,
+        model=model, train_model=prepare_model(settings, ctx.device, model, wrap_ddp(model, ctx)),
+        optimizer=optimizer, scheduler=scheduler,
         loader=loader, ctx=ctx, tracked=tracked, checkpoint_dir=out / "checkpoints",
         config_hash=chash, epochs=epochs, steps_per_epoch=steps_per_epoch,
         clip_grad=float(settings["clip_grad"]), log_every=int(settings["log_every"]),
-        checkpoint_every=int(settings["checkpoint_every"]),
+        checkpoint_every=int(settings["checkpoint_every"]), precision=precision,
     )  # fmt: skip
     trainer.resume()
     loss_fn = task_loss(spec)
-    amp = settings.get("amp", "bf16") == "bf16" and ctx.device.type == "cuda"
 
     def step(batch: Any, position: TrainPosition) -> tuple[torch.Tensor, dict[str, Any], int]:
         inputs = {s: x.to(ctx.device, non_blocking=True) for s, x in batch["inputs"].items()}
         target = batch["target"].to(ctx.device, non_blocking=True)
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+        with precision.autocast():
             output = trainer.train_model(inputs)
         task = loss_fn(output.float(), target)
         # The MoE balancing loss keeps routing balanced in finetuning too (Swin-MoE).
@@ -217,7 +220,9 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
     metrics: dict[str, Any] = {}
     if ctx.is_main:
         test = TaskDataset(spec, shards.split("test"), augment=False, data_size=data_size)
-        scores = evaluate(model, spec, test, int(settings["eval_batch_size"]), ctx.device, amp)
+        scores = evaluate(
+            model, spec, test, int(settings["eval_batch_size"]), ctx.device, precision.dtype
+        )
         tracked.log_metrics({f"test/{k}": v for k, v in scores.items()}, position.global_step)
         metrics = {
             "task": cfg["task"], "init": cfg["init"], "transfer": cfg["transfer"],
@@ -243,9 +248,10 @@ def evaluate(
     dataset: TaskDataset,
     batch_size: int,
     device: torch.device,
-    amp: bool = False,
+    amp: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """The paper's metrics of ``model`` over a whole split (in order, no augmentation)."""
+    """The paper's metrics of ``model`` over a whole split (in order, no augmentation), under
+    the training job's autocast dtype ``amp`` (None: fp32)."""
     from msgfm.finetune.metrics import RegressionMetrics, SegmentationMetrics, multilabel_map
 
     model = unwrap(model)
@@ -258,7 +264,7 @@ def evaluate(
     for batch in loader:
         inputs = {s: x.to(device) for s, x in batch["inputs"].items()}
         target = batch["target"].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             output = model(inputs).float()
         if spec.kind == "classification":
             scores.append(torch.sigmoid(output).cpu().numpy())

@@ -170,10 +170,17 @@ class SwinEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.forward_features(tokens)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute blocks in the backward pass (timm's per-stage switch) to save memory."""
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+    def set_grad_checkpointing(self, enable: bool | Sequence[bool] = True) -> None:
+        """Recompute blocks in the backward pass (timm's per-stage switch) to save memory:
+        one flag for all stages or one per stage (stage 3 holds 18 of Swin-B's 24 blocks)."""
+        flags = [enable] * len(self.stages) if isinstance(enable, bool) else list(enable)
+        if len(flags) != len(self.stages):
+            raise ValueError(
+                f"activation checkpointing flags {flags}: expected one per stage "
+                f"({len(self.stages)})"
+            )
+        for stage, flag in zip(self.stages, flags, strict=True):
+            stage.grad_checkpointing = bool(flag)
 
     def set_input_size(self, img_size: int) -> None:
         """Rebuild attention masks for another input size (finetuning at 512 px, say); timm pads

@@ -122,6 +122,9 @@ class BatchedExperts(nn.Module):
         self.batched_fc2_bias = nn.Parameter(torch.empty(num_experts, out_dim))
         init_experts(self)
 
+    # Dynamo cannot trace GroupedLinear (a Function over data-dependent row bounds: it fails,
+    # and torch.compile would drop the whole model to eager); excluded, the rest compiles.
+    @torch.compiler.disable
     def forward(
         self, tokens: Tensor, counts: list[int], activation: Callable[[Tensor], Tensor]
     ) -> Tensor:

@@ -57,7 +57,9 @@ from msgfm.train.distributed import (
     init_distributed,
 )
 from msgfm.train.optim import build_optimization, param_groups
+from msgfm.train.precision import job_precision
 from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
+from msgfm.train.speed import prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -225,16 +227,18 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         config_hash=chash,
         enabled=ctx.is_main,
     )
+    precision = job_precision(pre.get("amp", "bf16"), ctx.device)
     trainer = Trainer(
-        model=model, train_model=wrap_ddp(model, ctx), optimizer=optimizer, scheduler=scheduler,
+        model=model, train_model=prepare_model(pre, ctx.device, model, wrap_ddp(model, ctx)),
+        optimizer=optimizer, scheduler=scheduler,
         loader=loader, ctx=ctx, tracked=tracked, checkpoint_dir=out / "checkpoints",
         config_hash=chash, epochs=epochs, steps_per_epoch=steps_per_epoch,
         clip_grad=float(pre["clip_grad"]), log_every=int(pre["log_every"]),
         checkpoint_every=int(pre["checkpoint_every"]), extra_metrics=lambda: moe_metrics(model),
+        precision=precision,
     )  # fmt: skip
     trainer.resume()
     weights = loss_weights(specs)
-    amp = pre.get("amp", "bf16") == "bf16" and ctx.device.type == "cuda"
 
     def step(raw: Any, position: TrainPosition) -> tuple[torch.Tensor, dict[str, Any], int]:
         entries, entry_weights = make_entries(
@@ -246,7 +250,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
             weights=weights,
             device=ctx.device,
         )
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+        with precision.autocast():
             if teacher is not None:
                 add_teacher_targets(entries, teacher, objective, mask_generator.cells_per_side)
             loss, parts = trainer.train_model(entries, entry_weights)

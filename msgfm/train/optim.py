@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from msgfm.train.speed import switch_on
+
 NO_DECAY_SUFFIXES = ("relative_position_bias_table", "mask_token")
 
 
@@ -75,14 +77,16 @@ def build_optimizer(
     lr: float,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW as in paper Table 10; the ``names`` bookkeeping key is dropped here.
+    """AdamW as in paper Table 10; the ``names`` bookkeeping key is dropped here. ``fused``:
+    one kernel per step over all parameters instead of a dozen per tensor (CUDA's speed-up).
 
     Groups keep the unscaled ``lr``: the scheduler multiplies by ``lr_scale`` on every update
     (timm's convention), starting with the call in :func:`build_scheduler`.
     """
     cleaned = [{k: v for k, v in group.items() if k != "names"} for group in groups]
-    return torch.optim.AdamW(cleaned, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(cleaned, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
 def build_scheduler(
@@ -134,9 +138,16 @@ def build_optimization(
 ) -> tuple[torch.optim.AdamW, Any]:
     """AdamW and its per-iteration schedule from a job's settings (the config's ``pretrain`` or
     ``finetune`` block: betas, eps, schedule, warmup_epochs, warmup_lr, min_lr), so pretraining
-    and finetuning read the same keys the same way."""
+    and finetuning read the same keys the same way. ``fused_adamw`` follows the parameters'
+    device (``auto``: fused on CUDA, the per-tensor loop on CPU, as before)."""
+    groups = list(groups)
+    device = next(p.device for group in groups for p in group["params"])
     optimizer = build_optimizer(
-        groups, lr=lr, betas=tuple(settings["betas"]), eps=float(settings["eps"])
+        groups,
+        lr=lr,
+        betas=tuple(settings["betas"]),
+        eps=float(settings["eps"]),
+        fused=switch_on(settings.get("fused_adamw", "auto"), device),
     )
     scheduler = build_scheduler(
         optimizer,

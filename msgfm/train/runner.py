@@ -33,6 +33,7 @@ from msgfm.train.checkpoint import (
     save_checkpoint,
 )
 from msgfm.train.distributed import DistContext, broadcast_flag, gather_objects, mean_over_ranks
+from msgfm.train.precision import Precision
 from msgfm.train.preemption import Preempted, PreemptionWatcher
 from msgfm.train.resources import cpu_share
 
@@ -108,6 +109,7 @@ class Trainer:
     log_every: int
     checkpoint_every: int
     extra_metrics: Callable[[], Mapping[str, float]] = dict
+    precision: Precision = field(default_factory=Precision)  # fp16 loss scaling, checkpointed
     position: TrainPosition = field(default_factory=TrainPosition)
     device_seconds: float = 0.0
 
@@ -123,6 +125,7 @@ class Trainer:
         if resumed:
             self.position, extra = resumed
             self.device_seconds = float(extra.get("device_seconds", 0.0))
+            self.precision.load_state_dict(extra.get("grad_scaler", {}))
             log.info("resuming at epoch %d step %d", self.position.epoch, self.position.step)
 
     @property
@@ -141,7 +144,8 @@ class Trainer:
                 self.checkpoint_dir, model=self.model, optimizer=self.optimizer,
                 scheduler=self.scheduler, position=self.position, config_hash=self.config_hash,
                 rng_states=rng_states, layout=self.layout,
-                extra={"device_seconds": self.device_seconds},
+                extra={"device_seconds": self.device_seconds,
+                       "grad_scaler": self.precision.state_dict()},
             )  # fmt: skip
         self.tracked.flush()  # the store holds every point up to the checkpoint
         if self.ctx.distributed:
@@ -201,9 +205,10 @@ class Trainer:
                 f"components {components}"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
-        self.optimizer.step()
+        self.precision.backward(loss)
+        grad_norm = self.precision.clip_and_step(
+            self.optimizer, self.model.parameters(), self.clip_grad
+        )
         position.step += 1
         position.global_step += 1
         self.scheduler.step_update(position.global_step)
