@@ -6,6 +6,8 @@ hold the model's forward, loss and backward, and the trainer's non-logging step,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -14,7 +16,11 @@ from msgfm.model.factory import build_model
 from msgfm.model.masking import MaskGenerator, pixel_mask
 from msgfm.model.msgfm import L1_EPS, MsGFM, masked_l1_terms, patchify
 from msgfm.pretrain.batches import make_entries
-from tests.sync_counter import HostSyncCounter
+from msgfm.train.checkpoint import TrainPosition
+from msgfm.train.distributed import DistContext
+from msgfm.train.optim import build_optimizer, build_scheduler, param_groups
+from msgfm.train.runner import StepFn, Trainer
+from tests.sync_counter import OPTIMIZER_STEP_COUNT, HostSyncCounter
 
 DENSE = {"preset": "demo", "moe": {"enabled": False}}
 MOE = {"preset": "demo", "moe": {"enabled": True}}
@@ -127,3 +133,96 @@ def test_moe_forward_loss_and_backward_never_sync() -> None:
     with HostSyncCounter() as counter:
         forward_loss_backward(model, entries, weights)
     assert counter.total == 0, counter.sites
+
+
+class FakeSampler:
+    """What the trainer asks of a batch sampler: epochs, resumption, per-source sizes."""
+
+    def __init__(self) -> None:
+        self.batch_sizes = {"demo": 6}
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        del epoch, start_step
+
+
+class FakeDataset:
+    def set_epoch(self, epoch: int) -> None:
+        del epoch
+
+
+class FakeLoader:
+    """``steps`` copies of one batch, as a DataLoader with the trainer's sampler would give."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.batch_sampler, self.dataset = FakeSampler(), FakeDataset()
+
+    def __iter__(self):
+        return iter([None] * self.steps)
+
+
+class NoTracking:
+    """A TrackedRun that keeps nothing (the MLflow side is tested elsewhere)."""
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        del metrics, step
+
+    def flush(self) -> None: ...
+
+    def finish(self, status: str = "FINISHED") -> None:
+        del status
+
+
+def pretraining_trainer(tmp_path: Path, steps: int, log_every: int) -> tuple[Trainer, StepFn]:
+    """One epoch of the dense demo model on a heterogeneous batch; stop checks and
+    checkpoints only at the epoch's end."""
+    torch.manual_seed(0)
+    model = build_model(DENSE)
+    optimizer = build_optimizer(param_groups(model, weight_decay=0.05), lr=1e-4)
+    scheduler = build_scheduler(
+        optimizer, schedule="cosine", epochs=1, steps_per_epoch=steps, warmup_epochs=0,
+        warmup_lr=1e-6,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model, train_model=model, optimizer=optimizer, scheduler=scheduler,
+        loader=FakeLoader(steps), ctx=DistContext(0, 0, 1, torch.device("cpu")),
+        tracked=NoTracking(), checkpoint_dir=tmp_path / "checkpoints", config_hash="test",
+        epochs=1, steps_per_epoch=steps, clip_grad=5.0, log_every=log_every,
+        checkpoint_every=10_000, preempt_check_every=10_000,
+    )  # fmt: skip
+    entries, weights = heterogeneous_entries()
+
+    def step(batch: None, position: TrainPosition) -> tuple[torch.Tensor, dict, int]:
+        del batch, position
+        loss, parts = model(entries, weights)
+        return loss, parts, 6
+
+    return trainer, step
+
+
+def syncs_of_a_run(tmp_path: Path, steps: int, log_every: int) -> int:
+    trainer, step = pretraining_trainer(tmp_path / str(steps), steps, log_every)
+    with HostSyncCounter(ignored=[OPTIMIZER_STEP_COUNT]) as counter:
+        trainer.run(step)
+    return counter.total
+
+
+def test_a_training_step_that_does_not_log_never_syncs(tmp_path: Path) -> None:
+    # One logging step (the last) in both runs: four more steps that do not log add nothing.
+    at_the_end = syncs_of_a_run(tmp_path, steps=2, log_every=10_000)
+    assert at_the_end > 0  # the logging step reads the loss, metrics and grad norm
+    assert syncs_of_a_run(tmp_path, steps=6, log_every=10_000) == at_the_end
+    # The counter sees every logging step's reads: it would see a per-step loss.item() too.
+    assert syncs_of_a_run(tmp_path, steps=6, log_every=1) == 6 * at_the_end
+
+
+def test_a_nonfinite_loss_is_reported_at_the_next_check_with_its_steps(tmp_path: Path) -> None:
+    trainer, step = pretraining_trainer(tmp_path, steps=6, log_every=4)
+
+    def nan_at_step_1(batch: None, position: TrainPosition) -> tuple[torch.Tensor, dict, int]:
+        loss, parts, samples = step(batch, position)
+        return (loss * torch.nan if position.step == 1 else loss), parts, samples
+
+    with pytest.raises(FloatingPointError, match="from epoch 0 step 0 to epoch 0 step 3"):
+        trainer.run(nan_at_step_1)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
