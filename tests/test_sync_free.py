@@ -15,7 +15,7 @@ from torch import nn
 from msgfm.model.factory import build_model
 from msgfm.model.masking import MaskGenerator, pixel_mask
 from msgfm.model.msgfm import L1_EPS, MsGFM, masked_l1_terms, patchify
-from msgfm.pretrain.batches import make_entries
+from msgfm.pretrain.batches import host_to_device, make_entries
 from msgfm.train.checkpoint import TrainPosition
 from msgfm.train.distributed import DistContext
 from msgfm.train.optim import build_optimizer, build_scheduler, param_groups
@@ -226,3 +226,50 @@ def test_a_nonfinite_loss_is_reported_at_the_next_check_with_its_steps(tmp_path:
     with pytest.raises(FloatingPointError, match="from epoch 0 step 0 to epoch 0 step 3"):
         trainer.run(nan_at_step_1)
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def compiled_matches_eager(config: dict, backend: str) -> None:
+    """torch.compile(fullgraph=True) of forward + loss + backward: no graph break, and the
+    loss and gradients of eager mode within float tolerance."""
+    torch.manual_seed(0)
+    model = build_model(config)
+    entries, weights = heterogeneous_entries()
+    eager_loss, _ = forward_loss_backward(model, entries, weights)
+    eager_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    loss, _ = forward_loss_backward(compiled, entries, weights)
+    assert loss.item() == pytest.approx(eager_loss.item(), rel=1e-5)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == eager_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# aot_eager traces forward and backward through AOTAutograd as inductor does (fullgraph is
+# dynamo's verdict, the same for both) without compiling C++: seconds instead of minutes.
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_the_dense_step_compiles_as_one_graph_and_matches_eager(backend: str) -> None:
+    compiled_matches_eager(DENSE, backend)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="msgfm/model/moe.py routes with data-dependent shapes (nonzero, bincount, boolean "
+    "indexing): a graph break until its sync-free change lands; remove this mark then",
+)
+def test_the_moe_step_compiles_as_one_graph_and_matches_eager() -> None:
+    compiled_matches_eager(MOE, "aot_eager")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_entries_on_the_gpu_equal_those_on_the_cpu() -> None:
+    """Masks and cross flags go through pinned memory, asynchronously: same values."""
+    entries, _ = heterogeneous_entries()
+    cuda = torch.device("cuda")
+    for key, entry in entries.items():
+        for name in ("mask", "cross"):
+            if name in entry:
+                moved = host_to_device(entry[name], cuda)
+                assert moved.device.type == "cuda"
+                assert torch.equal(moved.cpu(), entry[name]), (key, name)
