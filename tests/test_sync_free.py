@@ -102,10 +102,26 @@ def test_weighted_loss_equals_the_boolean_selection_it_replaces() -> None:
     assert {"l1/sen12ms/s2/self", "l1/sen12ms/s2/cross", "l1/rgb/rgb"} <= set(parts)
 
 
-def test_dense_forward_loss_and_backward_never_sync() -> None:
+def with_teacher_targets(entries: dict, objective: str, dim: int = 8) -> dict:
+    """Random stand-ins for a Table 5 teacher's targets (the teachers are tested elsewhere)."""
+    for entry in entries.values():
+        batch = len(entry["image"])
+        if objective == "distill":
+            entry["teacher"] = torch.randn(batch, dim)
+        elif objective == "feature_recon":
+            entry["teacher_cells"] = torch.randn(batch, dim, 4, 4)  # 16 px mask cells
+            if "partner" in entry:
+                entry["partner_teacher_cells"] = torch.randn(batch, dim, 4, 4)
+    return entries
+
+
+@pytest.mark.parametrize("objective", ["mim", "distill", "feature_recon"])
+def test_dense_forward_loss_and_backward_never_sync(objective: str) -> None:
     torch.manual_seed(0)
-    model = build_model(DENSE)
+    extra = {} if objective == "mim" else {objective: {"dim": 8}}
+    model = build_model({**DENSE, **extra})
     entries, weights = heterogeneous_entries()
+    with_teacher_targets(entries, objective)
     with HostSyncCounter() as counter:
         forward_loss_backward(model, entries, weights)
     assert counter.total == 0, counter.calls
