@@ -244,7 +244,10 @@ def test_feature_targets_geometry_and_variant_checks():
 
 
 def _variant_config(shards: Path, results: Path, objective: str, teacher: str, small: dict):
-    config = job_config(shards, results, max_steps_per_epoch=2, checkpoint_every=10)
+    # Stop checks every step: the preemption test counts them as steps.
+    config = job_config(
+        shards, results, max_steps_per_epoch=2, checkpoint_every=10, preempt_check_every=1
+    )
     config["variant"].update(
         name=f"t5-{objective}", table="5", objective=objective, teacher=teacher,
         teacher_pretrained=False, teacher_overrides=small,

@@ -49,6 +49,7 @@ def job_config(shards: Path, results: Path, task: str = "bigearthnet", **setting
         "warmup_lr": 1e-5, "min_lr": 1e-5, "schedule": "cosine", "drop_path_rate": 0.1,
         "clip_grad": 5.0, "img_size": 64, "data_size": 32, "amp": "bf16", "num_workers": 0,
         "log_every": 1, "checkpoint_every": 100, "max_steps_per_epoch": 2, "device": "cpu",
+        "preempt_check_every": 1,  # the preemption test counts stop checks as steps
     }  # fmt: skip
     finetune.update(settings)
     return {

@@ -50,7 +50,13 @@ from msgfm.train.distributed import (
 )
 from msgfm.train.optim import build_optimization
 from msgfm.train.precision import job_precision
-from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
+from msgfm.train.runner import (
+    PREEMPT_CHECK_EVERY,
+    Trainer,
+    make_loader,
+    wrap_ddp,
+    write_json_atomic,
+)
 from msgfm.train.speed import prepare_model
 
 log = logging.getLogger(__name__)
@@ -196,6 +202,7 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
         config_hash=chash, epochs=epochs, steps_per_epoch=steps_per_epoch,
         clip_grad=float(settings["clip_grad"]), log_every=int(settings["log_every"]),
         checkpoint_every=int(settings["checkpoint_every"]), precision=precision,
+        preempt_check_every=int(settings.get("preempt_check_every", PREEMPT_CHECK_EVERY)),
     )  # fmt: skip
     trainer.resume()
     loss_fn = task_loss(spec)

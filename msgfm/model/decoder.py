@@ -26,10 +26,10 @@ class PixelDecoder(nn.Module):
         return self.shuffle(self.proj(features))
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Decode chosen final-stage tokens (n, C_enc) → their pixel patches (n, C_out, s, s).
+        """Decode final-stage tokens (n, C_enc) → their pixel patches (n, C_out, s, s).
 
-        The same weights as ``forward``, applied to a subset: pretraining only needs the tokens
-        that cover masked pixels (22 of 36 at 192 px), and this decoder is a large matmul.
+        The same weights as ``forward`` on a flat list of tokens, so the pretraining loss can
+        weigh each token's patch by its mask (msgfm.model.msgfm).
         PixelShuffle sends channel c·s² + i·s + j to pixel (i, j) of channel c, hence the view.
         """
         weight = self.proj.weight.view(self.proj.out_channels, -1)

@@ -16,10 +16,14 @@
 
 Each entry goes through the encoder in its own pass, as the paper loads the sensors one after
 another (§3.4): MoE capacity and batch-prioritised routing then act within one sensor's batch.
-Inside an entry, the encoder runs once on the whole batch; the features are split into the
-self and cross groups and each group goes through its own decoder, so nothing is decoded twice,
-and only the final-stage tokens that cover masked pixels are decoded: visible pixels carry no
-loss, and at 192 px this skips 14 of 36 tokens of the largest matmul in the step.
+Inside an entry, the encoder runs once on the whole batch. Every final-stage token goes through
+the sensor's own decoder D_i and, for an entry with cross flags, through the partner's D_j too;
+the self/cross choice and the SimMIM mask are multiplicative weights on the loss, never a
+selection. Selecting the chosen tokens would be cheaper (at 192 px 14 of 36 tokens carry no
+loss) but gives shapes that depend on the data: the host would have to read the mask back
+every step (a device sync that stalls the queue of GPU work) and torch.compile could not
+trace the step as one graph. The decoders are 1×1 projections: at Swin-B and 192 px the
+extra decoding is at most ~6% of the encoder's MACs (a SAR entry also decoding S2's bands).
 The entry's loss is SPEC §2's masked L1 generalised to groups with different channel counts,
 ``Σ_g Σ|pred−target|·m / C_g / (Σ_g Σ m + 1e-5)``, which is exactly SPEC's formula when all
 samples share one target, and weighs every masked pixel of the batch equally otherwise.
@@ -252,7 +256,7 @@ class MsGFM(nn.Module):
         stride = image.shape[-1] // features.shape[-1]
         target = self._module_for(self.embeds, sensor).standardize(image)
         groups = [("self", ~cross, sensor, patchify(target, stride))]
-        if bool(cross.any()):
+        if entry.get("cross") is not None:
             partner_sensor = entry["partner_sensor"]
             partner = self._module_for(self.embeds, partner_sensor).standardize(entry["partner"])
             groups.append(("cross", cross, partner_sensor, patchify(partner, stride)))
@@ -280,9 +284,9 @@ class MsGFM(nn.Module):
         # The mask is drawn on the cell grid (validated geometry), so each block is uniform.
         mask_cells = F.avg_pool2d(mask.float()[:, None], mask.shape[-1] // grid)
         groups = [("self", ~cross, entry.get("sensor", key), patchify(cells, scale))]
-        if bool(cross.any()):
+        if entry.get("cross") is not None:
             if "partner_teacher_cells" not in entry:
-                raise KeyError(f"entry {key!r} has cross samples but no 'partner_teacher_cells'")
+                raise KeyError(f"entry {key!r} has cross flags but no 'partner_teacher_cells'")
             partner = patchify(entry["partner_teacher_cells"], scale)
             groups.append(("cross", cross, entry["partner_sensor"], partner))
         return self._grouped_loss(
@@ -298,21 +302,23 @@ class MsGFM(nn.Module):
         terms: LossTerms,
         label: str,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Decode only the final tokens with masked targets, per (name, selected, decoder
-        sensor, patchified target) group; ``terms`` gives (numerator, denominator) per group.
+        """Decode every final token per (name, selected, decoder sensor, patchified target)
+        group and weigh its loss by mask × selected; ``terms`` gives (numerator, denominator).
+
+        Weights, not indexing, keep every shape static (see the module doc); tokens and
+        samples a group does not select add exactly 0 to both sums. A group that selects no
+        sample reports 0 (0 / ε), so every step logs the same metric names on every rank.
         """
-        needed = mask_patches.flatten(3).amax(dim=3) > 0  # (B, h, w)
-        tokens_out = features.permute(0, 2, 3, 1)
+        tokens = features.permute(0, 2, 3, 1).flatten(0, 2)  # (B·h·w, C_enc)
+        masks = mask_patches.flatten(0, 2)  # (B·h·w, 1, s, s)
         numerator = features.new_zeros(())
         denominator = features.new_zeros(())
         parts: dict[str, torch.Tensor] = {}
         for name, selected, target_sensor, target in groups:
-            if not bool(selected.any()):
-                continue
-            chosen = needed & selected[:, None, None]
+            weight = _token_weights(selected, mask_patches.shape[1:3]).to(masks.dtype)
             decoder = self._module_for(self.decoders, target_sensor)
-            pred = decoder.forward_tokens(tokens_out[chosen])
-            num, den = terms(pred, target[chosen], mask_patches[chosen])
+            pred = decoder.forward_tokens(tokens)
+            num, den = terms(pred, target.flatten(0, 2), masks * weight[:, None, None, None])
             numerator, denominator = numerator + num, denominator + den
             parts[f"{label}/{key}/{name}"] = (num / (den + L1_EPS)).detach()
         loss = numerator / (denominator + L1_EPS)
@@ -339,3 +345,8 @@ class MsGFM(nn.Module):
                 f"{tuple(entry['image'].shape)}"
             )
         return cross
+
+
+def _token_weights(selected: torch.Tensor, grid: torch.Size) -> torch.Tensor:
+    """Per-sample flags (B,) → one flag per final token (B·h·w,), in ``flatten(0, 2)`` order."""
+    return selected[:, None, None].expand(-1, *grid).flatten()

@@ -71,6 +71,19 @@ def sensor_roles(roles: Sequence[str]) -> list[str]:
     return [role for role in roles if ROLE_SENSORS.get(role) == role]
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a tensor drawn on the host to ``device`` without making the host wait.
+
+    A copy from pageable memory to a GPU blocks until the kernels queued before it have run;
+    from pinned (page-locked) memory it is queued behind them and the host runs ahead to the
+    next step. The CUDA caching host allocator keeps the pinned buffer alive until the copy is
+    done. On the CPU nothing is copied.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def make_entries(
     step_batch: Mapping[str, Mapping[str, torch.Tensor]],
     *,
@@ -103,7 +116,7 @@ def make_entries(
             entry: dict[str, Any] = {
                 "image": roles[sensor].to(device, non_blocking=True),
                 "sensor": sensor,
-                "mask": torch.stack(masks).to(device),
+                "mask": host_to_device(torch.stack(masks), device),
             }
             partners = [other for other in sensors if other != sensor]
             if partners:
@@ -118,7 +131,7 @@ def make_entries(
                 entry.update(
                     partner=roles[partner].to(device, non_blocking=True),
                     partner_sensor=partner,
-                    cross=cross.to(device),
+                    cross=host_to_device(cross, device),
                 )
             key = f"{source}/{sensor}"
             entries[key] = entry

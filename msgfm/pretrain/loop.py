@@ -58,7 +58,13 @@ from msgfm.train.distributed import (
 )
 from msgfm.train.optim import build_optimization, param_groups
 from msgfm.train.precision import job_precision
-from msgfm.train.runner import Trainer, make_loader, wrap_ddp, write_json_atomic
+from msgfm.train.runner import (
+    PREEMPT_CHECK_EVERY,
+    Trainer,
+    make_loader,
+    wrap_ddp,
+    write_json_atomic,
+)
 from msgfm.train.speed import prepare_model
 
 log = logging.getLogger(__name__)
@@ -236,6 +242,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         clip_grad=float(pre["clip_grad"]), log_every=int(pre["log_every"]),
         checkpoint_every=int(pre["checkpoint_every"]), extra_metrics=lambda: moe_metrics(model),
         precision=precision,
+        preempt_check_every=int(pre.get("preempt_check_every", PREEMPT_CHECK_EVERY)),
     )  # fmt: skip
     trainer.resume()
     weights = loss_weights(specs)

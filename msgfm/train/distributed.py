@@ -101,9 +101,16 @@ def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
     """True on every rank if it is true on any: a SIGTERM seen by one rank stops all of them."""
     if not ctx.distributed:
         return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item() > 0)
+    return any_rank(torch.tensor(flag, device=ctx.device), ctx)
+
+
+def any_rank(flag: torch.Tensor, ctx: DistContext) -> bool:
+    """Whether the scalar ``flag`` (bool or 0/1, on any device) is true on any rank, the same
+    answer everywhere. Reading it is a host sync: callers ask every N steps, not every step."""
+    value = flag.detach().to(ctx.device, torch.float32).reshape(1)
+    if ctx.distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 def gather_objects(value: object, ctx: DistContext) -> list[object]:

@@ -5,9 +5,10 @@ SLURM sends SIGTERM when it preempts or cancels a job and, with the profile's
 on Ctrl-C. SIGURG because every other process of the job step ignores it by default (the
 Snakemake that runs the rule, shells, srun): SIGUSR1 would kill them, and with them the step.
 SIGUSR1 is honoured too, for ``--signal=B:USR1`` setups. The handler only records the signal;
-the training loop checks it between steps, writes a checkpoint and leaves with
-:data:`EXIT_REQUEUE`, so that the requeued (or rerun) job resumes from exactly that step
-instead of losing up to ``checkpoint_every`` steps.
+the training loop checks it every ``preempt_check_every`` steps and at each epoch's end (the
+ranks' all-reduce of the flag makes the host wait for the GPU, so not after every step), writes
+a checkpoint and leaves with :data:`EXIT_REQUEUE`, so that the requeued (or rerun) job resumes
+from exactly that step instead of losing up to ``checkpoint_every`` steps.
 """
 
 from __future__ import annotations

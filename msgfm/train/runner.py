@@ -6,13 +6,17 @@ be identical everywhere: resuming from ``checkpoints/last.pt`` at the exact step
 clipping, the per-iteration schedule, logging averaged over ranks, periodic checkpoints, and
 turning SIGTERM/SIGINT/SIGURG into a checkpoint plus :class:`Preempted` on every rank at once.
 It also accumulates the job's device-hours across resumptions, the cost the tables report.
+
+A step that does not log reads nothing back from the device, so on a GPU the host queues the
+next steps' kernels while the current ones run: the loss is checked for NaN/inf by a flag that
+stays on the device until the next logging step or checkpoint, and the ranks agree on a stop
+signal every ``preempt_check_every`` steps (and at each epoch's end), not every step.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +36,13 @@ from msgfm.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from msgfm.train.distributed import DistContext, broadcast_flag, gather_objects, mean_over_ranks
+from msgfm.train.distributed import (
+    DistContext,
+    any_rank,
+    broadcast_flag,
+    gather_objects,
+    mean_over_ranks,
+)
 from msgfm.train.precision import Precision
 from msgfm.train.preemption import Preempted, PreemptionWatcher
 from msgfm.train.resources import cpu_share
@@ -41,6 +51,8 @@ log = logging.getLogger(__name__)
 
 # One forward pass: (loss to minimise, detached metrics to log, samples in this rank's batch).
 StepFn = Callable[[Any, TrainPosition], tuple[torch.Tensor, Mapping[str, torch.Tensor], int]]
+# Default of the configs' pretrain/finetune.preempt_check_every: steps between stop checks.
+PREEMPT_CHECK_EVERY = 10
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -108,10 +120,15 @@ class Trainer:
     clip_grad: float
     log_every: int
     checkpoint_every: int
+    preempt_check_every: int = PREEMPT_CHECK_EVERY
     extra_metrics: Callable[[], Mapping[str, float]] = dict
     precision: Precision = field(default_factory=Precision)  # fp16 loss scaling, checkpointed
     position: TrainPosition = field(default_factory=TrainPosition)
     device_seconds: float = 0.0
+    # Any non-finite loss since the last check, on the device, and the (epoch, step) of the
+    # first and last steps it covers.
+    _nonfinite: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _unchecked: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False)
 
     def resume(self) -> None:
         """Load the checkpoint written under this config, if any (else start at step 0)."""
@@ -138,6 +155,8 @@ class Trainer:
         return self.device_seconds * self.ctx.world_size / 3600.0
 
     def checkpoint(self) -> None:
+        """Save the state on rank 0 (after every rank agrees the losses so far were finite)."""
+        self._raise_if_nonfinite()
         rng_states = gather_objects(rng_state(), self.ctx)  # each rank draws its own noise
         if self.ctx.is_main:
             save_checkpoint(
@@ -170,10 +189,12 @@ class Trainer:
                     now = time.perf_counter()
                     self.device_seconds += now - clock
                     clock = now
-                    if self._due(self.log_every) or position.step == self.steps_per_epoch:
+                    epoch_end = position.step == self.steps_per_epoch
+                    if self._due(self.log_every) or epoch_end:
+                        self._raise_if_nonfinite(parts)
                         last = self._log(loss, parts, grad_norm, window_samples, now - window_start)
                         window_start, window_samples = time.perf_counter(), 0
-                    stop = broadcast_flag(watcher.triggered, self.ctx)
+                    stop = self._stop_requested(watcher, epoch_end)
                     if stop or self._due(self.checkpoint_every):
                         self.checkpoint()
                     if stop:
@@ -192,18 +213,44 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return self.position.global_step % every == 0
 
+    def _stop_requested(self, watcher: PreemptionWatcher, epoch_end: bool) -> bool:
+        """Whether any rank saw a stop signal, asked only every ``preempt_check_every`` steps
+        and at an epoch's end: the all-reduce and its read make the host wait for the device.
+        Every rank asks at the same global steps, so all take the same decision."""
+        if not (epoch_end or self._due(self.preempt_check_every)):
+            return False
+        return broadcast_flag(watcher.triggered, self.ctx)
+
+    def _record_finite(self, loss: torch.Tensor) -> None:
+        """Fold this step's loss into the device-side non-finite flag (no host read)."""
+        here = (self.position.epoch, self.position.step)
+        if self._nonfinite is None:
+            self._nonfinite = torch.zeros((), dtype=torch.bool, device=loss.device)
+            self._unchecked = [here, here]
+        self._unchecked[1] = here
+        self._nonfinite |= ~torch.isfinite(loss.detach())
+
+    def _raise_if_nonfinite(self, parts: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Read the flag (one host sync, agreed by all ranks) and fail naming the window of
+        steps it covers; ``parts``: the latest step's metrics, for the message."""
+        flag, self._nonfinite = self._nonfinite, None
+        if flag is None or not any_rank(flag, self.ctx):
+            return
+        (first_epoch, first_step), (last_epoch, last_step) = self._unchecked
+        components = {k: round(float(v), 6) for k, v in (parts or {}).items()}
+        raise FloatingPointError(
+            f"non-finite loss in a step from epoch {first_epoch} step {first_step} to epoch "
+            f"{last_epoch} step {last_step}; the last step's components {components}"
+        )
+
     def _optimise(
         self, step: StepFn, batch: Any
     ) -> tuple[torch.Tensor, Mapping[str, torch.Tensor], torch.Tensor, int]:
-        """One optimisation step: forward (the job's), backward, clip, update, schedule."""
+        """One optimisation step: forward (the job's), backward, clip, update, schedule.
+        Nothing is read back from the device here (see the module doc)."""
         position = self.position
         loss, parts, samples = step(batch, position)
-        if not math.isfinite(loss.item()):
-            components = {k: round(float(v), 6) for k, v in parts.items()}
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at epoch {position.epoch} step {position.step}; "
-                f"components {components}"
-            )
+        self._record_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)
         grad_norm = self.precision.clip_and_step(
