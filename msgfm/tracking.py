@@ -145,10 +145,25 @@ LOCATION_KEYS = frozenset(
 )
 
 
+# How a job runs, not what it trains (on CPU the weights are bitwise the same either way; on a
+# GPU within its usual nondeterminism): switching one on must not set a half-done checkpoint
+# aside. Keys of a job's "pretrain" or "finetune" settings.
+RUN_CONTROL_KEYS = frozenset(
+    {"log_every", "checkpoint_every", "preempt_check_every", "num_workers", "figure_examples",
+     "compile", "fused_adamw", "tf32", "activation_checkpointing"}
+)  # fmt: skip
+
+
 def job_hash(config: Mapping[str, Any]) -> str:
     """The identity of a training job: the hash of what decides its weights (its config less
-    :data:`LOCATION_KEYS`). Guards its checkpoint and tags (and resumes) its MLflow run."""
-    return config_hash({k: v for k, v in config.items() if k not in LOCATION_KEYS})
+    :data:`LOCATION_KEYS` and :data:`RUN_CONTROL_KEYS`). Guards its checkpoint and tags (and
+    resumes) its MLflow run."""
+    identity = {k: v for k, v in config.items() if k not in LOCATION_KEYS}
+    for stage in ("pretrain", "finetune"):
+        if isinstance(identity.get(stage), Mapping):
+            settings = identity[stage].items()
+            identity[stage] = {k: v for k, v in settings if k not in RUN_CONTROL_KEYS}
+    return config_hash(identity)
 
 
 def git_commit() -> str:

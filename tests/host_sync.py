@@ -12,6 +12,10 @@ the CPU, which is recorded.
 
 from __future__ import annotations
 
+import traceback
+from collections import Counter
+from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,25 +89,50 @@ def reads_host(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool
     return _copies_to_host(func, args, kwargs)
 
 
+# (file suffix, function): torch's optimisers read their step count with .item(), but it is a
+# CPU tensor on every device unless the optimiser is capturable or fused, so on a GPU that read
+# never waits for the device. Counted on CPU like any other read unless a test ignores it.
+OPTIMIZER_STEP_COUNT = ("torch/optim/optimizer.py", "_get_value")
+
+
+def _called_from(sites: Collection[tuple[str, str]]) -> bool:
+    """Whether a frame of the current stack is one of ``sites`` (file suffix, function)."""
+    return any(
+        frame.filename.endswith(path) and frame.name == name
+        for frame in traceback.extract_stack()
+        for path, name in sites
+    )
+
+
+def _caller() -> str:
+    """``file:line`` of the innermost msgfm frame: where a sync comes from, for the report."""
+    package = str(Path(__file__).resolve().parents[1] / "msgfm")
+    frames = [f for f in traceback.extract_stack() if f.filename.startswith(package)]
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+
+
 class HostSyncCounter(TorchDispatchMode):
-    """Within ``with HostSyncCounter() as counter:``, ``counter.calls`` lists every host read.
+    """Within ``with HostSyncCounter() as counter:``, ``counter.calls`` lists every host read
+    by aten op name in call order and ``counter.sites`` counts them by the msgfm line that
+    issued them; reads made inside one of ``ignored`` (file suffix, function) are left out
+    (e.g. :data:`OPTIMIZER_STEP_COUNT`). Backward passes run inside the block are counted too
+    (autograd carries the mode to its engine)."""
 
-    Each entry is the aten op's name, in call order; backward passes run inside the block are
-    counted too (autograd carries the mode to its engine).
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, ignored: Collection[tuple[str, str]] = ()) -> None:
         super().__init__()
+        self.ignored = tuple(ignored)
         self.calls: list[str] = []
+        self.sites: Counter[str] = Counter()
 
     def __torch_dispatch__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        if reads_host(func, args, kwargs):
+        if reads_host(func, args, kwargs) and not _called_from(self.ignored):
             self.calls.append(str(func))
+            self.sites[_caller()] += 1
         return func(*args, **kwargs)
+
+    @property
+    def total(self) -> int:
+        return len(self.calls)

@@ -243,3 +243,23 @@ def test_eight_concurrent_writers_lose_no_run(tmp_path: Path, monkeypatch) -> No
     default = client.get_experiment_by_name("Default")
     assert default is None or not client.search_runs([default.experiment_id])
     assert finish_workflow_run(uri, parent, "FINISHED")["runs/finished"] == 8.0
+
+
+def test_a_jobs_identity_is_what_it_trains_not_where_or_how_it_runs() -> None:
+    from msgfm.tracking import job_hash
+
+    job = {
+        "variant": {"name": "t6", "moe": True}, "world_size": 8,
+        "pretrain": {"seed": 0, "amp": "bf16", "log_every": 10, "compile": "auto"},
+        "shards_root": "/a/shards", "results_root": "/a", "tracking_uri": None,
+    }  # fmt: skip
+    moved = {**job, "shards_root": "/b/shards", "results_root": "/b",
+             "tracking_uri": "http://127.0.0.1:5000"}  # fmt: skip
+    faster = {**job, "pretrain": {**job["pretrain"], "log_every": 1, "compile": True}}
+    assert job_hash(job) == job_hash(moved) == job_hash(faster)
+    for trains_otherwise in (
+        {**job, "world_size": 16},
+        {**job, "pretrain": {**job["pretrain"], "amp": "fp16"}},
+        {**job, "pretrain": {**job["pretrain"], "seed": 1}},
+    ):
+        assert job_hash(trains_otherwise) != job_hash(job)
