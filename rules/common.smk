@@ -71,13 +71,17 @@ def ready_marker(dataset):
 
 
 def downstream_options(wildcards):
-    """Command-line options of a downstream tiler that only some tasks have."""
+    """Command-line options of a downstream tiler that only some tasks have (a list, for
+    the shell command to quote item by item)."""
     tiling = config["tiling"]
     if wildcards.task == "vaihingen":
-        return (
-            f"--crop {tiling['vaihingen_crop']} --stride {tiling['vaihingen_stride']}"
-        )
-    return ""
+        return [
+            "--crop",
+            tiling["vaihingen_crop"],
+            "--stride",
+            tiling["vaihingen_stride"],
+        ]
+    return []
 
 
 def pretrain_shards(wildcards):

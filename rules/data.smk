@@ -15,10 +15,10 @@ if config["data"]["source"] == "demo":
         params:
             data_root=DATA,
             seed=config["data"]["seed"],
-            datasets=" ".join(DATASETS),
+            datasets=DATASETS,
         shell:
-            "python -m msgfm make-demo --data-root {params.data_root} --seed {params.seed}"
-            " --datasets {params.datasets} > {log} 2>&1"
+            "python -m msgfm make-demo --data-root {params.data_root:q} --seed {params.seed}"
+            " --datasets {params.datasets:q} > {log:q} 2>&1"
 
 else:
 
@@ -33,14 +33,15 @@ else:
             runtime=config["resources"]["download_runtime"],
         params:
             data_root=DATA,
+            # A list: quoted item by item ({params.mirror:q}), nothing when unset.
             mirror=(
-                f"--mirror {config['data']['mirror']}"
+                ["--mirror", config["data"]["mirror"]]
                 if config["data"]["mirror"]
-                else ""
+                else []
             ),
         shell:
-            "python -m msgfm prepare {wildcards.dataset} --data-root {params.data_root} {params.mirror}"
-            " > {log} 2>&1"
+            "python -m msgfm prepare {wildcards.dataset} --data-root {params.data_root:q} {params.mirror:q}"
+            " > {log:q} 2>&1"
 
 
 rule tile_pretrain:
@@ -59,14 +60,14 @@ rule tile_pretrain:
         data_root=DATA,
         tiling=config["tiling"],
         mdas_window=(
-            f"--mdas-window {config['tiling']['mdas_window']}"
+            ["--mdas-window", config["tiling"]["mdas_window"]]
             if config["tiling"]["mdas_window"]
-            else ""
+            else []
         ),
     shell:
-        "python -m msgfm tile-pretrain {wildcards.source} --data-root {params.data_root} --out {output}"
+        "python -m msgfm tile-pretrain {wildcards.source} --data-root {params.data_root:q} --out {output:q}"
         " --tile {params.tiling[tile]} --mdas-resize {params.tiling[mdas_resize]}"
-        " {params.mdas_window} --rows-per-shard {params.tiling[rows_per_shard]} > {log} 2>&1"
+        " {params.mdas_window:q} --rows-per-shard {params.tiling[rows_per_shard]} > {log:q} 2>&1"
 
 
 rule tile_downstream:
@@ -86,5 +87,5 @@ rule tile_downstream:
         tiling=config["tiling"],
         options=downstream_options,
     shell:
-        "python -m msgfm tile-downstream {wildcards.task} --data-root {params.data_root} --out {output}"
-        " {params.options} --rows-per-shard {params.tiling[rows_per_shard]} > {log} 2>&1"
+        "python -m msgfm tile-downstream {wildcards.task} --data-root {params.data_root:q} --out {output:q}"
+        " {params.options:q} --rows-per-shard {params.tiling[rows_per_shard]} > {log:q} 2>&1"

@@ -24,5 +24,5 @@ if config["figures"]["fig4"]:
         params:
             rows=fig4_row_options(),
         shell:
-            "python -m msgfm fig4 --png {output.png} --csv {output.csv} {params.rows:q}"
-            " {input} > {log} 2>&1"
+            "python -m msgfm fig4 --png {output.png:q} --csv {output.csv:q} {params.rows:q}"
+            " {input:q} > {log:q} 2>&1"

@@ -18,8 +18,8 @@ rule finetune_subset:
         runtime=config["resources"]["tiling_runtime"],
         mem_mb=config["resources"]["tiling_mem_mb"],
     shell:
-        "python -m msgfm finetune-subset --shards {input} --out {output}"
-        " --fraction {wildcards.fraction} --seed {wildcards.seed} > {log} 2>&1"
+        "python -m msgfm finetune-subset --shards {input:q} --out {output:q}"
+        " --fraction {wildcards.fraction} --seed {wildcards.seed} > {log:q} 2>&1"
 
 
 rule finetune:
@@ -57,7 +57,7 @@ rule finetune:
     shell:
         "exec python -m msgfm launch --gpus-per-node {resources.gpus_per_node}"
         " --grace {resources.signal_lead} --requeues {resources.requeues} -- --threads {threads}"
-        " finetune --config-json {params.config:q} --out {params.out} > {log} 2>&1"
+        " finetune --config-json {params.config:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 # A cell fed a subset of the task's sensors (config finetune.grids.<grid>.inputs; paper Fig. 4):

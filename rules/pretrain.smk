@@ -34,7 +34,7 @@ rule pretrain:
         "exec python -m msgfm launch --nodes {resources.nodes}"
         " --gpus-per-node {resources.gpus_per_node} --grace {resources.signal_lead}"
         " --requeues {resources.requeues} -- --threads {threads}"
-        " pretrain --config-json {params.config:q} --out {params.out} > {log} 2>&1"
+        " pretrain --config-json {params.config:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule pretrain_summary:
@@ -59,5 +59,5 @@ rule pretrain_summary:
         job_dir=lambda wildcards: PRETRAIN / wildcards.variant,
         results_root=RESULTS,
     shell:
-        "python -m msgfm pretrain-summary --job-dir {params.job_dir} --out {output}"
-        " --results-root {params.results_root} > {log} 2>&1"
+        "python -m msgfm pretrain-summary --job-dir {params.job_dir:q} --out {output:q}"
+        " --results-root {params.results_root:q} > {log:q} 2>&1"

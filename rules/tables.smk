@@ -32,6 +32,6 @@ rule tables:
     # Also logged to MLflow (the store in MLFLOW_TRACKING_URI, rules/common.smk): a "tables"
     # run per table, and tags on the runs behind each row.
     shell:
-        "python -m msgfm tables --finetune-root {params.finetune_root} --out {params.out}"
-        " --pretrain-root {params.pretrain_root} --transfer {params.transfer}"
-        " --results-root {params.results_root} {input} > {log} 2>&1"
+        "python -m msgfm tables --finetune-root {params.finetune_root:q} --out {params.out:q}"
+        " --pretrain-root {params.pretrain_root:q} --transfer {params.transfer:q}"
+        " --results-root {params.results_root:q} {input:q} > {log:q} 2>&1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -179,3 +181,35 @@ def check_mlflow(results: Path) -> None:
 def test_lint_is_clean(config: str) -> None:
     result = snakemake("--lint", "--configfile", config)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# A path and a mirror a shell would split or run: spaces, quotes, ;, &, $().
+HOSTILE = "odd dir; touch CANARY & $(touch CANARY) 'q\" x"
+
+
+def test_config_values_reach_the_jobs_as_one_argument_each(tmp_path: Path) -> None:
+    """Every path and outside value in a rule's shell command is quoted: a results folder
+    with shell syntax in its name works (the demo data rule runs there for real), and a
+    mirror URL is passed whole to the download step, never run."""
+    root = tmp_path / HOSTILE
+    settings = [f"results_root={root}", f"data_root={root}/data"]
+    marker = root / "data" / "sen12ms" / ".msgfm-ready.json"
+    made = snakemake(
+        "--cores", "1", "--configfile", "config/demo.yaml", "--config", *settings, "--",
+        str(marker), cwd=REPO,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    assert marker.is_file()
+    mirror = f"https://user@mirror.example/{HOSTILE}"
+    real_data = tmp_path / "mirror.yaml"  # config.yaml's real downloads, from a mirror
+    real_data.write_text(yaml.safe_dump({"data": {"mirror": mirror}}))
+    planned = snakemake(
+        "-n", "-p", "--configfile", str(real_data), "--config", *settings,
+        "--", str(root / "data" / "sen12ms" / ".msgfm-ready.json"),
+    )  # fmt: skip
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    command = next(line for line in planned.stdout.splitlines() if "msgfm prepare sen12ms" in line)
+    words = shlex.split(command)
+    assert words[words.index("--mirror") + 1] == mirror
+    assert words[words.index("--data-root") + 1] == f"{root}/data"
+    assert not list(tmp_path.rglob("CANARY")) and not (REPO / "CANARY").exists()
