@@ -81,8 +81,10 @@ class RangeHandler(BaseHTTPRequestHandler):
         if cut is not None:
             body = body[:cut]
             self.close_connection = True
-        self.wfile.write(body)
+        # Recorded before the write: the client can read it all and the test check the record
+        # before this thread runs again.
         record["sent"] = len(body)
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         """Keep pytest output clean."""
