@@ -351,7 +351,7 @@ def _tracking_options():
 
 def start_workflow_run():
     """Create the MLflow store and experiments once, before jobs fan out (concurrent jobs
-    creating a fresh SQLite schema or the same experiment race, SPEC §8), and open this
+    creating a fresh SQLite schema or the same experiment race), and open this
     invocation's parent run. Jobs inherit its id through the environment (locally and through
     sbatch), which neither changes their params nor their config hash."""
     dag = workflow.dag

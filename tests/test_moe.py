@@ -1,4 +1,4 @@
-"""MoEMlp against hand-worked routing cases and an independent per-token reference (SPEC §2.1)."""
+"""MoEMlp against hand-worked routing cases and an independent per-token reference."""
 
 from __future__ import annotations
 

@@ -235,7 +235,7 @@ def listening_addresses(root: int) -> set[str]:
 @pytest.mark.slow
 def test_two_ddp_processes_match_one_process_at_the_same_global_batch(shards, tmp_path):
     single_cfg = job_config(shards, tmp_path / "single-results", max_steps_per_epoch=3)
-    single_cfg["variant"]["moe"] = False  # per-rank MoE routing differs by design (SPEC §2.1)
+    single_cfg["variant"]["moe"] = False  # per-rank MoE routing differs by design
     ddp_cfg = halve_batches(single_cfg, tmp_path / "ddp-results")
     single = tmp_path / "single"
     assert run_job(single_cfg, single).wait(timeout=600) == 0

@@ -3,7 +3,7 @@
 Bands are addressed by name, never by position, because the datasets disagree on what they
 ship: SEN12MS has all 13 Sentinel-2 bands, BigEarthNet has 12 (no B10), Vaihingen's "RGB" is
 IR-R-G. A dataset that lacks a band gets zeros there plus a per-band validity mask, so one
-patch embedding per sensor serves every dataset (SPEC §1).
+patch embedding per sensor serves every dataset.
 """
 
 from __future__ import annotations

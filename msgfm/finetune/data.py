@@ -1,4 +1,4 @@
-"""Downstream task data for finetuning (paper §4.2, Table 2; SPEC §5) over the tiled shard sets.
+"""Downstream task data for finetuning (paper §4.2, Table 2) over the tiled shard sets.
 
 Each task reads ``<results>/shards/downstream/<task>`` and yields ``{"inputs": {role: (C, H, W)},
 "target": ...}`` at the shard set's native sizes; :class:`msgfm.finetune.model.FinetuneModel`

@@ -1,4 +1,4 @@
-"""Task heads on the encoder's features (paper §4.2; SPEC §5).
+"""Task heads on the encoder's features (paper §4.2).
 
 - ``ClassificationHead``: global average pooling + linear, over the final (normed) feature
   map; with transfer method 1 the per-sensor maps are concatenated first, so ``in_dim`` is

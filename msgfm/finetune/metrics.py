@@ -1,4 +1,4 @@
-"""The paper's downstream metrics (Table 3; SPEC §5), with the conventions written down.
+"""The paper's downstream metrics (Table 3), with the conventions written down.
 
 - Multi-label classification (BigEarthNet): mAP in percent. ``mAP_micro`` is the SeCo/GFM
   number: scikit-learn's average precision over the whole evaluation set flattened (every

@@ -1,4 +1,4 @@
-"""Seeded training subsets (1 %, 10 %, 100 % of BigEarthNet's train split; SPEC §5).
+"""Seeded training subsets (1 %, 10 %, 100 % of BigEarthNet's train split).
 
 The reference code samples with replacement, so a "10 %" subset holds duplicates and fewer
 distinct images. Here a subset is drawn *without replacement* from one seeded permutation per

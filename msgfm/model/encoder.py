@@ -21,7 +21,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class MoESettings:
-    """Where the MoE MLPs go and how they route (SPEC §2, §2.1)."""
+    """Where the MoE MLPs go and how they route (paper §3.4, Table 10; tutel's gate)."""
 
     stage: int = 2  # 0-based: the third stage
     every_other: bool = True  # odd blocks only; False replaces every block of the stage
@@ -152,7 +152,7 @@ class SwinEncoder(nn.Module):
         return final, [s.permute(0, 3, 1, 2).contiguous() for s in stages]
 
     def forward_distill(self, tokens: torch.Tensor) -> torch.Tensor:
-        """GFM's student features (SPEC §4): the stage-3 output after the last patch merging,
+        """GFM's student features: the stage-3 output after the last patch merging,
         before the last stage's blocks and the final norm; NHWC (B, H/32, W/32, C_last).
         (timm opens each stage with its merging, where the original Swin closes one with it.)
         """

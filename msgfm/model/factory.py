@@ -1,6 +1,6 @@
 """Build msGFM from a config dict, and reload its encoder for downstream use.
 
-Two presets: ``swin_base`` (the paper: SPEC §2, Table 10) and ``demo`` (SPEC §2.2: the same
+Two presets: ``swin_base`` (the paper: §4, Table 10) and ``demo`` (the same
 structure at a size a 2-core CPU trains in seconds). A config names a preset and overrides keys;
 ``resolve_config`` returns the full config, validated, which is what the trainer saves next to
 every result and what a checkpoint carries so ``load_encoder`` can rebuild the network.

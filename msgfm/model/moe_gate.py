@@ -1,9 +1,10 @@
 """tutel's top-k gate in plain PyTorch: logits, noise, capacity, slots and auxiliary losses.
 
 This reproduces the routing of ``tutel.moe.moe_layer`` as the Swin-MoE code configures it
-(SPEC §2.1), so that a model trained with the native layer and one trained with tutel route the
-same tokens to the same experts given the same weights and the same noise. Every step is
-vectorised over tokens; the only Python loop runs over the k routing choices (k is 1 or 2).
+(paper §3.4, Table 10), so that a model trained with the native layer and one trained with
+tutel route the same tokens to the same experts given the same weights and the same noise.
+Every step is vectorised over tokens; the only Python loop runs over the k routing choices
+(k is 1 or 2).
 Nothing here reads a device value on the host (no ``.item()``, no data-dependent shape), so a
 GPU never stalls the CPU in routing and ``torch.compile(fullgraph=True)`` sees one graph.
 

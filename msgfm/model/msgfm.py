@@ -1,6 +1,6 @@
 """The msGFM pretraining model: per-sensor stems, one shared encoder, per-sensor decoders.
 
-``MsGFM.forward(batch)`` takes one step's heterogeneous batch (SPEC §3): a mapping from an
+``MsGFM.forward(batch)`` takes one step's heterogeneous batch: a mapping from an
 *entry name* (a data source, e.g. ``"sen12ms_s2"``) to a dict
 
 - ``image``  (B, C_i, H, W) normalised float; ``mask`` (B, H/4, W/4) SimMIM token mask;
@@ -24,9 +24,10 @@ loss) but gives shapes that depend on the data: the host would have to read the 
 every step (a device sync that stalls the queue of GPU work) and torch.compile could not
 trace the step as one graph. The decoders are 1×1 projections: at Swin-B and 192 px the
 extra decoding is at most ~6% of the encoder's MACs (a SAR entry also decoding S2's bands).
-The entry's loss is SPEC §2's masked L1 generalised to groups with different channel counts,
-``Σ_g Σ|pred−target|·m / C_g / (Σ_g Σ m + 1e-5)``, which is exactly SPEC's formula when all
-samples share one target, and weighs every masked pixel of the batch equally otherwise.
+The entry's loss is SimMIM's masked L1 (paper §3.4) generalised to groups with different
+channel counts, ``Σ_g Σ|pred−target|·m / C_g / (Σ_g Σ m + 1e-5)``, which is exactly
+SimMIM's when all samples share one target, and weighs every masked pixel of the batch
+equally otherwise.
 
 With ``target="features"`` (EVA-style) the decoders D_i predict a frozen teacher's patch
 features on the g×g SimMIM mask-cell grid instead of pixels: each final token predicts the r×r
@@ -58,7 +59,7 @@ LossTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Ten
 def masked_l1_terms(
     pred: torch.Tensor, target: torch.Tensor, mask_px: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ|pred−target|·m / C, Σ m): numerator and denominator of SPEC's masked L1.
+    """(Σ|pred−target|·m / C, Σ m): numerator and denominator of the masked L1.
 
     Channels are dim 1 both for whole images (B, C, H, W) and for patches (n, C, s, s).
     """
@@ -69,7 +70,7 @@ def masked_l1_terms(
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask_px: torch.Tensor) -> torch.Tensor:
-    """SPEC §2: sum(|pred−target|·mask) / (sum(mask) + 1e-5) / C_target, mask (B, 1, H, W)."""
+    """Masked L1: sum(|pred−target|·mask) / (sum(mask) + 1e-5) / C_target, mask (B, 1, H, W)."""
     numerator, denominator = masked_l1_terms(pred, target, mask_px)
     return numerator / (denominator + L1_EPS)
 
@@ -103,7 +104,7 @@ def distill_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
 def distill_loss(
     recon_l1: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, alpha: float = 1.0
 ) -> torch.Tensor:
-    """GFM's objective (SPEC §4): masked L1 − α·cos(student, teacher)."""
+    """GFM's objective: masked L1 − α·cos(student, teacher)."""
     return recon_l1 - alpha * distill_cosine(student, teacher)
 
 
@@ -178,7 +179,7 @@ class MsGFM(nn.Module):
         return tokens
 
     def no_weight_decay(self) -> set[str]:
-        """Norms, biases, relative position bias tables and the mask token (SPEC §3)."""
+        """Norms, biases, relative position bias tables and the mask token."""
         return {
             name
             for name, param in self.named_parameters()

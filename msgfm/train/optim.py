@@ -2,7 +2,7 @@
 
 Two facts of the paper shape the groups:
 - no weight decay on norms, biases, relative position bias tables and the mask token
-  (SimMIM/GFM practice, SPEC §3);
+  (SimMIM/GFM practice);
 - per-source learning rates {RGB 1e-4, SEN12MS 0.25e-4, MDAS 1e-5} (paper Table 10), which
   the paper scales with each source's batch size. One optimiser cannot give the shared
   encoder three learning rates, so we apply them where they are unambiguous: modules used by

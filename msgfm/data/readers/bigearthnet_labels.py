@@ -3,7 +3,7 @@
 BigEarthNet v1 ships, per patch, the CLC level-3 names present in it (43 possible). The
 19-class nomenclature of Sumbul et al. (2021), used by BigEarthNet-MM, reBEN (v2) and the
 paper's scene-classification task, merges related CLC classes and drops eleven that cannot
-be told apart in a 1.2 km Sentinel patch (SPEC §5): road/rail, port, airports, mineral
+be told apart in a 1.2 km Sentinel patch: road/rail, port, airports, mineral
 extraction, dump sites, construction, green urban areas, sport/leisure, bare rock, burnt
 areas and intertidal flats. A patch whose only labels are dropped ones has an all-zero target.
 """

@@ -1,4 +1,4 @@
-"""Tile the four downstream datasets (paper Table 2-3, SPEC §5) into shard sets.
+"""Tile the four downstream datasets (paper Table 2-3) into shard sets.
 
 - ``bigearthnet``: s2 uint16 (13, 120, 120) with B10 flagged invalid in meta.json, sar
   float32 (2, 120, 120) (NaN → 0 dB, counted), target uint8 (19,) multi-hot; index columns
