@@ -23,6 +23,7 @@ from msgfm.model.factory import (
 )
 from msgfm.model.masking import MaskGenerator, apply_mask_token, pixel_mask
 from msgfm.model.moe import MoEMlp
+from msgfm.model.moe_gate import expert_capacity
 from msgfm.model.msgfm import distill_loss, masked_l1
 from msgfm.model.patch_embed import StackedPatchEmbed
 
@@ -90,7 +91,7 @@ def test_moe_replaces_exactly_the_odd_blocks_of_stage_3():
     assert every.encoder.moe_blocks() == [(1, 0), (1, 1)]
 
 
-def test_total_loss_adds_weighted_aux_of_every_pass():
+def test_total_loss_adds_weighted_aux_of_the_shared_pass():
     torch.manual_seed(2)
     model = build_model({"preset": "demo", "moe": {"capacity_factor": 1.0}})
     layer = model.encoder.stages[2].blocks[1].mlp
@@ -104,13 +105,69 @@ def test_total_loss_adds_weighted_aux_of_every_pass():
         loss, parts = model(batch)
     finally:
         handle.remove()
-    assert len(seen) == 2  # one encoder pass per entry
-    aux = seen[0] + seen[1]
-    assert aux.item() > 0 and parts["aux"].item() == pytest.approx(aux.item())
+    assert len(seen) == 1  # both entries share one trunk pass
+    aux = sum(m.aux_loss for m in model.encoder._moe_layers())
+    assert seen[0].item() > 0 and parts["aux"].item() == pytest.approx(aux.item())
     expected = parts["l1/s2"] + parts["l1/sar"] + 0.01 * aux
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     loss.backward()
     assert layer.gates[0].wg.weight.grad.abs().sum() > 0  # the balancing loss trains the gate
+
+
+def _heterogeneous_batch() -> dict[str, dict[str, torch.Tensor]]:
+    """Three sources of unequal batch sizes, one with a cross-sensor partner."""
+    return {
+        "rgb": {"image": _images("rgb", 4, 40), "mask": _masks(4, 41)},
+        "s2": {
+            "image": _images("s2", 2, 42),
+            "mask": _masks(2, 43),
+            "partner": _images("sar", 2, 44),
+            "partner_sensor": "sar",
+            "cross": torch.tensor([True, False]),
+        },
+        "sar": {"image": _images("sar", 3, 45), "mask": _masks(3, 46)},
+    }
+
+
+def test_one_trunk_pass_routes_each_source_as_its_own_pass_would():
+    """routing_scope=source: the shared pass equals one pass per source, MoE drops included."""
+    torch.manual_seed(3)
+    model = build_model({"preset": "demo", "moe": {"capacity_factor": 0.5}}).eval()
+    batch = _heterogeneous_batch()
+    weights = {"rgb": 1.0, "s2": 0.5, "sar": 0.25}
+    loss, parts = model(batch, weights)
+    dropped = model.encoder.stages[2].blocks[1].mlp.last_stats["dropped_fraction"]
+    assert dropped.item() > 0  # capacity binds, so grouping matters
+    loss.backward()
+    joint_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    separate_loss, separate_aux = 0.0, 0.0
+    for key, entry in batch.items():
+        part_loss, part = model({key: entry}, weights)
+        part_loss.backward()
+        separate_loss += part_loss.item()
+        separate_aux += part["aux"].item()
+        for name, value in part.items():
+            if name not in ("loss", "aux"):
+                torch.testing.assert_close(parts[name], value, rtol=1e-5, atol=1e-6)
+    assert parts["aux"].item() == pytest.approx(separate_aux, rel=1e-5)
+    assert loss.item() == pytest.approx(separate_loss, rel=1e-5)
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(joint_grads[name], param.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_step_routing_scope_routes_all_sources_together():
+    torch.manual_seed(3)
+    batch = _heterogeneous_batch()
+    capacities = {}
+    for scope in ("source", "step"):
+        model = build_model({"preset": "demo", "moe": {"routing_scope": scope}}).eval()
+        model(batch)
+        capacities[scope] = model.encoder.stages[2].blocks[1].mlp.last_stats["capacity"]
+    # demo stage 3: a 4×4 grid of tokens per sample, 4 experts, capacity factor 1.25
+    per_source = [expert_capacity(n * 16, 4, 1, 1.25) for n in (4, 2, 3)]
+    assert capacities == {"source": sum(per_source), "step": expert_capacity(9 * 16, 4, 1, 1.25)}
 
 
 def test_decoding_chosen_tokens_equals_full_decoder(dense_model):

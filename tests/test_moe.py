@@ -600,3 +600,34 @@ def test_compiled_layer_has_one_graph_and_matches_eager(backend: str) -> None:
     for got, want in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert torch.equal(got_stats["kept"], eager.last_stats["kept"])
+
+
+@pytest.mark.parametrize("dispatch", ["grouped", "capacity"])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_routing_groups_route_as_separate_calls(dispatch: str, top_k: int) -> None:
+    """Groups share one dispatch but route alone: output, aux loss and stats as one call each."""
+    torch.manual_seed(5)
+    layer = MoEMlp(8, 16, num_experts=4, top_k=top_k, capacity_factor=0.75, dispatch=dispatch)
+    layer.eval()
+    samples = (5, 2, 3)
+    x = torch.randn(sum(samples), 6, 8)
+    separate, losses, kept = [], [], []
+    for part in x.split(samples):
+        separate.append(layer(part))
+        losses.append(layer.aux_loss)
+        kept.append(layer.last_stats["kept"])
+    layer.routing_groups = samples
+    joint = layer(x)
+    torch.testing.assert_close(joint, torch.cat(separate))
+    torch.testing.assert_close(layer.aux_loss, torch.stack(losses).sum())
+    torch.testing.assert_close(layer.last_stats["kept"], torch.stack(kept).sum(0))
+    assert layer.last_stats["dropped_fraction"] > 0  # capacity binds within the groups
+    layer.routing_groups = None
+    assert not torch.allclose(layer(x), joint)  # one group of all tokens routes otherwise
+
+
+def test_routing_groups_must_add_up_to_the_batch() -> None:
+    layer = MoEMlp(8, 16, num_experts=4)
+    layer.routing_groups = (2, 2)
+    with pytest.raises(ValueError, match=r"routing groups of \[2, 2\] samples do not add up"):
+        layer(torch.randn(5, 3, 8))

@@ -33,6 +33,12 @@ class MoESettings:
     aux_loss: str = "swin"
     backend: str = "native"
     dispatch: str = "auto"  # native backend: grouped | capacity | auto (msgfm.model.moe)
+    # What one routing covers when several sources' batches share a trunk pass: "source"
+    # (each source's batch alone, as the paper's sensor-by-sensor loading, §3.4) or "step".
+    routing_scope: str = "source"
+
+
+ROUTING_SCOPES = ("source", "step")
 
 
 def stage_resolutions(img_size: int, patch_size: int, num_stages: int) -> list[int]:
@@ -98,6 +104,10 @@ class SwinEncoder(nn.Module):
     def _install_moe(self, moe: MoESettings, mlp_ratio: float) -> None:
         from msgfm.model.moe import MoEMlp
 
+        if moe.routing_scope not in ROUTING_SCOPES:
+            raise ValueError(
+                f"moe routing_scope {moe.routing_scope!r} unknown; expected one of {ROUTING_SCOPES}"
+            )
         if not 0 <= moe.stage < len(self.stages):
             raise ValueError(f"moe stage {moe.stage} out of range 0..{len(self.stages) - 1}")
         dim = self.dims[moe.stage]
@@ -122,16 +132,35 @@ class SwinEncoder(nn.Module):
         """(stage, block) indices whose MLP is an MoE layer."""
         return list(self._moe_positions)
 
+    def _moe_layers(self) -> list[nn.Module]:
+        return [self.stages[s].blocks[b].mlp for s, b in self._moe_positions]
+
+    def _route_in_groups(self, samples: Sequence[int] | None) -> None:
+        """Tell the MoE layers that this forward's batch joins consecutive groups of these
+        many samples (one source's batch each; None = one group). With ``routing_scope:
+        source`` each group is routed alone, with ``step`` all tokens together
+        (msgfm.model.msgfm). Set on every forward, so no call inherits another's groups."""
+        moe = self.moe_settings
+        groups = None
+        if samples is not None and moe is not None and moe.routing_scope == "source":
+            groups = tuple(samples)
+        for layer in self._moe_layers():
+            layer.routing_groups = groups
+
     def aux_loss(self) -> torch.Tensor:
         """Sum of the MoE balancing losses of the last forward (0 without MoE)."""
-        layers = [self.stages[s].blocks[b].mlp for s, b in self._moe_positions]
+        layers = self._moe_layers()
         losses = [m.aux_loss for m in layers if isinstance(m.aux_loss, torch.Tensor)]
         if not losses:
             return self.norm.weight.new_zeros(())
         return torch.stack(losses).sum()
 
-    def forward_stages(self, tokens: torch.Tensor) -> list[torch.Tensor]:
-        """Raw NHWC outputs of every stage (no norm), for heads that tap several scales."""
+    def forward_stages(
+        self, tokens: torch.Tensor, groups: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
+        """Raw NHWC outputs of every stage (no norm), for heads that tap several scales;
+        ``groups``: samples per source when several sources share the pass (MoE routing)."""
+        self._route_in_groups(groups)
         outputs = []
         x = tokens
         for stage in self.stages:
@@ -140,30 +169,38 @@ class SwinEncoder(nn.Module):
         return outputs
 
     def forward_features(
-        self, tokens: torch.Tensor, return_stages: bool = False
+        self,
+        tokens: torch.Tensor,
+        return_stages: bool = False,
+        groups: Sequence[int] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Final map (B, C_last, H/32, W/32) after the final norm; with ``return_stages`` also
         the raw per-stage maps in NCHW (for UperNet), which carry no norm: heads add their own.
         """
-        stages = self.forward_stages(tokens)
+        stages = self.forward_stages(tokens, groups)
         final = self.norm(stages[-1]).permute(0, 3, 1, 2).contiguous()
         if not return_stages:
             return final
         return final, [s.permute(0, 3, 1, 2).contiguous() for s in stages]
 
-    def forward_distill(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward_distill(
+        self, tokens: torch.Tensor, groups: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """GFM's student features: the stage-3 output after the last patch merging,
         before the last stage's blocks and the final norm; NHWC (B, H/32, W/32, C_last).
         (timm opens each stage with its merging, where the original Swin closes one with it.)
         """
+        self._route_in_groups(groups)
         x = tokens
         for stage in self.stages[:-1]:
             x = stage(x)
         return self.stages[-1].downsample(x)
 
-    def forward_with_distill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_distill(
+        self, tokens: torch.Tensor, groups: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass giving both ``forward_features`` (NCHW) and ``forward_distill`` (NHWC)."""
-        merged = self.forward_distill(tokens)
+        merged = self.forward_distill(tokens, groups)
         final = self.norm(self.stages[-1].blocks(merged))
         return final.permute(0, 3, 1, 2).contiguous(), merged
 

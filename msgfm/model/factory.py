@@ -59,6 +59,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             # grouped: no padding, fastest on CPU, reads the host per layer; capacity: static
             # shapes, no host read (GPU, torch.compile); auto: grouped only in CPU eager mode.
             "dispatch": "auto",
+            # source: each source's batch routed alone in the shared trunk pass (paper §3.4's
+            # sensor-by-sensor loading); step: all of a step's tokens routed together.
+            "routing_scope": "source",
         },
         "distill": {"dim": None, "alpha": 1.0},
         # EVA-style (Table 5): with a dim, the decoders predict a teacher's D_t-wide patch

@@ -49,7 +49,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from msgfm.model.moe_gate import AUX_LOSSES, Routing, TopKGate, expert_capacity, one_hot, route
+from msgfm.model.moe_gate import (
+    AUX_LOSSES,
+    Routing,
+    TopKGate,
+    expert_capacity,
+    one_hot,
+    route_groups,
+)
 
 BACKENDS = ("native", "tutel")
 DISPATCHES = ("grouped", "capacity", "auto")
@@ -214,7 +221,14 @@ class MoEMlp(nn.Module):
     ``dispatch`` picks how the native backend moves tokens to experts (module docstring):
     "grouped" (fastest on CPU, reads the host), "capacity" (static shapes, no host read) or
     "auto" (grouped in CPU eager mode, capacity on other devices and under torch.compile).
+
+    ``routing_groups`` (samples per group, set by the encoder for its next forward; None = one
+    group) splits the leading dimension into consecutive groups that are routed as if each
+    came alone: own capacity, priority and balancing loss (summed). One trunk pass over
+    several sources' batches then routes exactly as one pass per source (msgfm.model.msgfm).
     """
+
+    routing_groups: tuple[int, ...] | None = None
 
     def __init__(
         self,
@@ -338,21 +352,39 @@ class MoEMlp(nn.Module):
         tokens = x.reshape(-1, self.dim)
         if tokens.size(0) == 0:
             raise ValueError(f"MoEMlp: got no tokens (input shape {tuple(x.shape)})")
+        group_tokens = self._group_tokens(x)
         if self.backend == "tutel":
-            out = self._forward_tutel(tokens)
+            out = self._forward_tutel(tokens, group_tokens)
         else:
-            out = self._forward_native(tokens)
+            out = self._forward_native(tokens, group_tokens)
         return out.reshape(*x.shape[:-1], self.out_dim).to(x.dtype)
 
-    def _forward_tutel(self, tokens: Tensor) -> Tensor:
+    def _group_tokens(self, x: Tensor) -> list[int]:
+        """Tokens per routing group: ``routing_groups`` samples times tokens per sample."""
+        if self.routing_groups is None or x.dim() < 2:
+            return [x.numel() // self.dim]
+        if sum(self.routing_groups) != x.size(0):
+            raise ValueError(
+                f"MoEMlp: routing groups of {list(self.routing_groups)} samples do not add up "
+                f"to the input's {x.size(0)}"
+            )
+        per_sample = x[0].numel() // self.dim
+        return [samples * per_sample for samples in self.routing_groups]
+
+    def _forward_tutel(self, tokens: Tensor, group_tokens: list[int]) -> Tensor:
+        """tutel routes what it is given, so each group is one call (same result, more calls)."""
         layer = self._tutel_layer
         layer.train(self.training)
-        out = layer(tokens)
-        self.aux_loss = layer.l_aux
+        outputs, losses = [], []
+        for part in tokens.split(group_tokens):
+            outputs.append(layer(part))
+            losses.append(layer.l_aux)
+        self.aux_loss = torch.stack(losses).sum()
         capacity = None  # with capacity_factor <= 0 tutel sizes it from the routing
         if self.capacity_factor > 0:
-            capacity = expert_capacity(
-                tokens.size(0), self.num_experts, self.top_k, self.capacity_factor
+            capacity = sum(
+                expert_capacity(n, self.num_experts, self.top_k, self.capacity_factor)
+                for n in group_tokens
             )
         self.last_stats = {
             "load": None,
@@ -360,11 +392,12 @@ class MoEMlp(nn.Module):
             "dropped_fraction": None,
             "capacity": capacity,
         }
-        return out
+        return torch.cat(outputs)
 
-    def _forward_native(self, tokens: Tensor) -> Tensor:
-        routing = route(
+    def _forward_native(self, tokens: Tensor, group_tokens: list[int]) -> Tensor:
+        routing = route_groups(
             self.gates[0](tokens),
+            group_tokens,
             top_k=self.top_k,
             capacity_factor=self.capacity_factor,
             gate_noise=self.gate_noise,

@@ -10,11 +10,15 @@ GPU never stalls the CPU in routing and ``torch.compile(fullgraph=True)`` sees o
 
 The routing works on the N tokens it is given (the local batch). With several processes each one
 routes its own tokens, so capacity and priority are per process, exactly as in tutel.
+``route_groups`` routes consecutive groups of tokens (one source's batch each) as if each came
+alone, and packs their slots so that one dispatch serves them all (msgfm.model.moe).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -183,3 +187,37 @@ def static_capacity(
     if capacity_factor == 0:
         return num_tokens, busiest
     return min(num_tokens, capacity), busiest.clamp(max=capacity)
+
+
+def route_groups(logits: Tensor, group_tokens: Sequence[int], **settings: Any) -> Routing:
+    """Route consecutive token groups independently, as one ``route`` call per group would.
+
+    Each group gets its own capacity, priority order and balancing loss (the losses are
+    summed), so one trunk pass over several sources' batches routes exactly as one pass per
+    source (msgfm.model.msgfm). The groups' slots are then packed per expert: group g's kept
+    slots of expert e follow those of groups < g, so every expert's kept slots are again
+    exactly 0..kept-1 under one capacity, the sum of the groups' (dropped ones get that sum),
+    and one dispatch serves all groups. ``group_tokens`` are Python ints (shapes, not data).
+    """
+    if sum(group_tokens) != logits.size(0):
+        raise ValueError(
+            f"routing groups {list(group_tokens)} do not add up to {logits.size(0)} tokens"
+        )
+    routings = [route(part, **settings) for part in logits.split(list(group_tokens))]
+    if len(routings) == 1:
+        return routings[0]
+    num_experts = logits.size(1)
+    total_capacity = sum(r.capacity for r in routings)
+    packed, base = [], logits.new_zeros(num_experts, dtype=torch.long)
+    for routing in routings:
+        kept = routing.slots < routing.capacity
+        packed.append(torch.where(kept, base[routing.experts] + routing.slots, total_capacity))
+        base = base + (one_hot(routing.experts, num_experts) * kept.unsqueeze(-1)).sum((0, 1))
+    return Routing(
+        experts=torch.cat([r.experts for r in routings]),
+        slots=torch.cat(packed),
+        gates=torch.cat([r.gates for r in routings]),
+        capacity=total_capacity,
+        reported_capacity=sum(r.reported_capacity for r in routings),
+        aux_loss=torch.stack([r.aux_loss for r in routings]).sum(),
+    )

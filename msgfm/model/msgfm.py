@@ -14,9 +14,20 @@
 - ``teacher_cells`` (B, D_t, g, g) (and ``partner_teacher_cells`` with a partner) when the model
   reconstructs teacher features instead of pixels (EVA-style, Table 5): see below.
 
-Each entry goes through the encoder in its own pass, as the paper loads the sensors one after
-another (§3.4): MoE capacity and batch-prioritised routing then act within one sensor's batch.
-Inside an entry, the encoder runs once on the whole batch. Every final-stage token goes through
+The entries share one encoder pass: each goes through its own stem, the token grids are
+concatenated along the batch and run through the shared trunk together, and the features are
+split back for the per-sensor decoders (entries whose grids differ, e.g. sources tiled at
+other sizes, get one pass per grid). At 192 px that is one pass of 216 images instead of five
+of 128/32/32/12/12, most of them too small to fill a GPU. Every dense layer acts per image
+(LayerNorm per token, attention within an image's windows), so this changes no result. The
+MoE layers are not per image: capacity, batch-prioritised routing and the balancing loss
+depend on which tokens are routed together. The paper loads the sensors one after another
+(§3.4), so each routing covers one source's batch; the encoder keeps that in the shared pass
+(``groups``: every source's tokens are routed as if alone, with its own capacity and
+loss, and one dispatch serves all), so the default routes exactly as one pass per source.
+``model.moe.routing_scope: step`` routes the step's tokens together instead (capacity shared
+by all sensors, one balancing loss over all tokens), the semantics of a single mixed batch.
+Every final-stage token goes through
 the sensor's own decoder D_i and, for an entry with cross flags, through the partner's D_j too;
 the self/cross choice and the SimMIM mask are multiplicative weights on the loss, never a
 selection. Selecting the chosen tokens would be cheaper (at 192 px 14 of 36 tokens carry no
@@ -201,36 +212,57 @@ class MsGFM(nn.Module):
         total = self.mask_token.new_zeros(())
         aux = self.mask_token.new_zeros(())
         components: dict[str, torch.Tensor] = {}
-        for key, entry in batch.items():
-            entry_loss, aux_term, parts = self._entry_loss(key, entry)
-            total = total + float(weights.get(key, 1.0)) * entry_loss
-            aux = aux + aux_term
-            components.update(parts)
+        tokens = {key: self._embed_entry(key, entry) for key, entry in batch.items()}
+        for keys in _same_grid(tokens):
+            encoded = self._encode_together(keys, tokens, batch)
+            aux = aux + self.encoder.aux_loss()
+            for key, (features, merged) in zip(keys, encoded, strict=True):
+                entry_loss, parts = self._entry_loss(key, batch[key], features, merged)
+                total = total + float(weights.get(key, 1.0)) * entry_loss
+                components.update(parts)
         components["aux"] = aux.detach()
         total = total + self.aux_weight * aux
         components["loss"] = total.detach()
         return total, components
 
-    def _entry_loss(
-        self, key: str, entry: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def _embed_entry(self, key: str, entry: Mapping[str, Any]) -> torch.Tensor:
         for required in ("image", "mask"):
             if required not in entry:
                 raise KeyError(f"batch entry {key!r} lacks {required!r}")
+        if entry.get("teacher") is not None and self.distill_head is None:
+            raise ValueError(
+                f"entry {key!r} has teacher features but the model has no distill head "
+                "(set distill.dim)"
+            )
         sensor = entry.get("sensor", key)
-        image, mask = entry["image"], entry["mask"]
-        tokens = self.embed(image, sensor, mask, entry.get("band_valid"))
-        teacher = entry.get("teacher")
-        if teacher is not None:
-            if self.distill_head is None:
-                raise ValueError(
-                    f"entry {key!r} has teacher features but the model has no distill head "
-                    "(set distill.dim)"
-                )
-            features, merged = self.encoder.forward_with_distill(tokens)
+        return self.embed(entry["image"], sensor, entry["mask"], entry.get("band_valid"))
+
+    def _encode_together(
+        self,
+        keys: list[str],
+        tokens: Mapping[str, torch.Tensor],
+        batch: Mapping[str, Mapping[str, Any]],
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One trunk pass over these entries' token grids; (features, stage-3 map) per entry,
+        the map only where the entry distils a teacher (see the module doc)."""
+        sizes = [tokens[key].shape[0] for key in keys]
+        joined = torch.cat([tokens[key] for key in keys]) if len(keys) > 1 else tokens[keys[0]]
+        distil = [batch[key].get("teacher") is not None for key in keys]
+        if any(distil):
+            features, merged = self.encoder.forward_with_distill(joined, sizes)
+            maps = [m if d else None for m, d in zip(merged.split(sizes), distil, strict=True)]
         else:
-            features = self.encoder.forward_features(tokens)
-        aux = self.encoder.aux_loss()
+            features = self.encoder.forward_features(joined, groups=sizes)
+            maps = [None] * len(keys)
+        return list(zip(features.split(sizes), maps, strict=True))
+
+    def _entry_loss(
+        self,
+        key: str,
+        entry: Mapping[str, Any],
+        features: torch.Tensor,
+        merged: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cross = self._cross_flags(key, entry)
         if self.target == "pixels":
             loss, parts = self._pixel_loss(key, entry, features, cross)
@@ -238,11 +270,11 @@ class MsGFM(nn.Module):
             loss, parts = self._feature_loss(key, entry, features, cross)
         if "partner" in entry:
             parts[f"cross_rate/{key}"] = cross.float().mean()
-        if teacher is not None:
-            cosine = distill_cosine(self.distill_head(merged), teacher)
+        if merged is not None:
+            cosine = distill_cosine(self.distill_head(merged), entry["teacher"])
             parts[f"cos/{key}"] = cosine.detach()
             loss = loss - self.distill_alpha * cosine
-        return loss, aux, parts
+        return loss, parts
 
     def _pixel_loss(
         self, key: str, entry: Mapping[str, Any], features: torch.Tensor, cross: torch.Tensor
@@ -351,3 +383,11 @@ class MsGFM(nn.Module):
 def _token_weights(selected: torch.Tensor, grid: torch.Size) -> torch.Tensor:
     """Per-sample flags (B,) → one flag per final token (B·h·w,), in ``flatten(0, 2)`` order."""
     return selected[:, None, None].expand(-1, *grid).flatten()
+
+
+def _same_grid(tokens: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    """Entry keys grouped by token grid (h, w, C), in batch order: one trunk pass per group."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for key, grid in tokens.items():
+        groups.setdefault(tuple(grid.shape[1:]), []).append(key)
+    return list(groups.values())
