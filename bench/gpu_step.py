@@ -3,17 +3,19 @@
 What is timed is the step of msgfm/pretrain/loop.py on synthetic data: the paper's per-GPU
 batch (config/config.yaml ``pretrain.sources``, Table 10: 128 RGB images, 32 SEN12MS S2+SAR
 pairs, 12 MDAS RGB+DSM pairs at 192 px), turned into heterogeneous entries by
-``make_entries`` (per-sample SimMIM masks, cross-sensor draws at rate 0.5, host-to-device
-copies), the real model (``build_model`` from the config's ``model``, MoE on), its masked L1 +
-MoE aux loss under the job's autocast (bf16), backward, gradient clipping and AdamW, with the
-job's switches (msgfm/train/speed.py: tf32, fused AdamW, torch.compile; ``amp``).
+``make_entries`` (tiles as stored, uint8/uint16, with each sample's SimMIM masks and
+cross-sensor draws at rate 0.5 as the DataLoader workers deliver them, pinned; copied to the
+device and normalised there), the real model (``build_model`` from the config's ``model``,
+MoE on; all 216 images in one trunk pass), its masked L1 + MoE aux loss under the job's
+autocast (bf16), backward, gradient clipping and AdamW, with the job's switches
+(msgfm/train/speed.py: tf32, fused AdamW, torch.compile; ``amp``).
 
 The baseline is timm's dense Swin-B (``SwinTransformer`` at the model's arguments: timm ships
 no window-6/192 preset) doing the same optimiser step on as many 3-band images as our step
-feeds the encoder (216: every image of a pair is one encoder pass), its loss the mean of its
+feeds the encoder (216: each image of a pair is an encoder input), its loss the mean of its
 final features. That is "just the encoder + a cheap loss", our choice: the ratio then charges
 msGFM with everything it adds to a dense Swin-B step (stems, mask token, MoE, pixel decoders,
-the masked L1 and the host-side entry building), and compiles like ours when ours compiles.
+the masked L1 and the entry building), and compiles like ours when ours compiles.
 Repetitions interleave the two steps so that clocks and other load hit both alike; the ratio
 is the median of per-repetition ratios. FLOPs come from ``FlopCounterMode`` over one eager
 step (forward + backward; the MoE counts the expert matmuls it really runs), TFLOP/s divide
@@ -31,6 +33,7 @@ is the ratio of our samples/s to timm's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
 import statistics
@@ -48,7 +51,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from msgfm.model.factory import build_mask_generator, build_model
-from msgfm.pretrain.batches import loss_weights, make_entries
+from msgfm.pretrain.batches import SampleDraws, loss_weights, make_entries
 from msgfm.pretrain.loop import source_specs
 from msgfm.train.distributed import DistContext, cleanup_distributed, init_distributed
 from msgfm.train.optim import build_optimizer, param_groups
@@ -84,19 +87,42 @@ def load_settings(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return model, pretrain
 
 
-def synthetic_batch(
-    batch_sizes: Mapping[str, int], sensors: Mapping[str, int], img: int, pin: bool
-) -> dict[str, dict[str, torch.Tensor]]:
-    """One step's raw batch as the loader collates it: roles' images and each sample's row."""
+def raw_tiles(sensor: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Synthetic tiles in the dtype and range the shards store (uint8 RGB, uint16 S2, dB SAR)."""
+    if sensor == "rgb":
+        return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+    if sensor == "s2":
+        return torch.randint(0, 10000, shape, generator=generator).to(torch.uint16)
+    if sensor == "sar":
+        return torch.rand(shape, generator=generator) * -25.0
+    return torch.rand(shape, generator=generator) * 50.0 + 100.0  # DSM heights, metres
+
+
+def synthetic_batches(
+    batch_sizes: Mapping[str, int],
+    sensors: Mapping[str, int],
+    img: int,
+    draws: SampleDraws,
+    pin: bool,
+    count: int = 4,
+) -> list[dict[str, dict[str, torch.Tensor]]]:
+    """``count`` steps' raw batches as the loader delivers them: tiles as stored, each sample's
+    row and draws (masks, cross flags: made by the DataLoader workers in training, so here
+    ahead of the timing), pinned on a GPU. The step cycles through them."""
     generator = torch.Generator().manual_seed(0)
-    batch = {}
-    for source, size in batch_sizes.items():
-        roles: dict[str, torch.Tensor] = {"row": torch.arange(size)}
-        for role in SOURCE_ROLES[source]:
-            image = torch.randn(size, int(sensors[role]), img, img, generator=generator)
-            roles[role] = image.pin_memory() if pin else image
-        batch[source] = roles
-    return batch
+    batches = []
+    for epoch in range(count):
+        batch = {}
+        for source, size in batch_sizes.items():
+            roles = {"row": torch.arange(size)}
+            for role in SOURCE_ROLES[source]:
+                roles[role] = raw_tiles(role, (size, int(sensors[role]), img, img), generator)
+            batch[source] = roles
+        batch = draws.add_to(batch, epoch)
+        if pin:
+            batch = {s: {r: t.pin_memory() for r, t in roles.items()} for s, roles in batch.items()}
+        batches.append(batch)
+    return batches
 
 
 def peak_tflops(ctx: DistContext) -> tuple[str, float | None]:
@@ -143,17 +169,17 @@ def build_steps(
     tf32 = set_tf32(pretrain.get("tf32", "auto"), ctx.device)
     compile_setting = pretrain.get("compile", "auto") if args.compile is None else args.compile
     calls = {"msgfm": wrap_ddp(ours, ctx), "timm": wrap_ddp(reference, ctx)}
-    raw = synthetic_batch(batch_sizes, cfg["sensors"], cfg["img_size"], ctx.device.type == "cuda")
+    draws = SampleDraws(build_mask_generator(cfg), CROSS_RATE, seed=0)
+    raws = itertools.cycle(
+        synthetic_batches(
+            batch_sizes, cfg["sensors"], cfg["img_size"], draws, ctx.device.type == "cuda"
+        )
+    )
     ref_images = torch.randn(images, 3, cfg["img_size"], cfg["img_size"], device=ctx.device)
-    mask_generator = build_mask_generator(cfg)
     weights = loss_weights(specs)
-    epoch = iter(range(10**9))  # new masks and cross draws every step, as in training
 
     def ours_step() -> int:
-        entries, entry_weights = make_entries(
-            raw, mask_generator=mask_generator, cross_rate=CROSS_RATE, seed=0,
-            epoch=next(epoch), weights=weights, device=ctx.device,
-        )  # fmt: skip
+        entries, entry_weights = make_entries(next(raws), weights=weights, device=ctx.device)
         with precision.autocast():
             loss, _ = calls["msgfm"](entries, entry_weights)
         optimiser_step(ours, optimizers["msgfm"], precision, loss)

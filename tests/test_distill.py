@@ -13,7 +13,7 @@ from test_pretrain import job_config
 from torch import nn
 
 import msgfm.pretrain.loop as loop
-from msgfm.data.sensors import normalize
+from msgfm.data.normalize import normalize
 from msgfm.data.tiling.pretrain import tile_pretrain
 from msgfm.model.factory import (
     build_mask_generator,
@@ -70,7 +70,7 @@ def _raw(sensor: str, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("sensor", ["rgb", "s2", "sar", "dsm"])
 def test_every_sensor_renders_to_a_three_channel_unit_image(sensor):
     raw = _raw(sensor, seed=1)
-    rgb = render_rgb(torch.from_numpy(normalize(sensor, raw)), sensor)
+    rgb = render_rgb(normalize(sensor, torch.from_numpy(raw)), sensor)
     assert rgb.shape == (2, 3, 8, 8) and rgb.dtype == torch.float32
     assert rgb.min() >= 0.0 and rgb.max() <= 1.0
     assert rgb.std() > 0.05  # not collapsed to a constant
@@ -78,21 +78,21 @@ def test_every_sensor_renders_to_a_three_channel_unit_image(sensor):
 
 def test_renderings_follow_their_documented_definitions():
     rgb = _raw("rgb", 2)
-    rendered = render_rgb(torch.from_numpy(normalize("rgb", rgb)), "rgb")
+    rendered = render_rgb(normalize("rgb", torch.from_numpy(rgb)), "rgb")
     torch.testing.assert_close(rendered, torch.from_numpy(rgb / 255.0).float(), atol=1e-5, rtol=0)
 
     s2 = _raw("s2", 3)
     expected = np.clip(np.clip(s2[:, [3, 2, 1]], 0, 10000) / 10000 * 2.5, 0, 1)  # B04 B03 B02
-    rendered = render_rgb(torch.from_numpy(normalize("s2", s2)), "s2")
+    rendered = render_rgb(normalize("s2", torch.from_numpy(s2)), "s2")
     torch.testing.assert_close(rendered, torch.from_numpy(expected).float(), atol=1e-6, rtol=0)
 
     sar = np.zeros((1, 2, 2, 2), dtype=np.float32)
     sar[:, 0], sar[:, 1] = -10.0, -20.0  # VV −10 dB, VH −20 dB: a 10 dB ratio
-    rendered = render_rgb(torch.from_numpy(normalize("sar", sar)), "sar")
+    rendered = render_rgb(normalize("sar", torch.from_numpy(sar)), "sar")
     for channel, value in enumerate([15 / 25, 5 / 25, 10 / 15]):
         torch.testing.assert_close(rendered[:, channel], torch.full((1, 2, 2), value))
 
-    dsm = render_rgb(torch.from_numpy(normalize("dsm", _raw("dsm", 4))), "dsm")
+    dsm = render_rgb(normalize("dsm", torch.from_numpy(_raw("dsm", 4))), "dsm")
     assert torch.equal(dsm[:, 0], dsm[:, 1]) and torch.equal(dsm[:, 0], dsm[:, 2])
     assert abs(dsm.mean().item() - 0.5) < 0.05  # zero-mean heights sit at mid-grey
 

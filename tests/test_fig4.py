@@ -54,7 +54,7 @@ def test_a_variant_reads_only_its_sources_and_sensors(shards):
     sets, sensors = open_sources(specs, shards / "pretrain", SAR_ONLY["sensors"])
     assert sensors == {"sen12ms": ["sar"]}
     dataset = MultiSourceDataset(sets, seed=0, roles=sensors)
-    _, sample = dataset[("sen12ms", 0)]
+    _, sample = dataset[("sen12ms", 0, 0)]
     assert set(sample) == {"sar", "row"}  # the S2 of the same rows is never read
     with pytest.raises(ValueError, match=r"variants\.fig4_sar\.sources: \['sen1'\]"):
         source_specs(PRETRAIN, {**SAR_ONLY, "sources": ["sen1"]})

@@ -24,8 +24,8 @@ WIDTH = 8
 def pair_set(root, n, offset=0):
     """SAR + S2 pairs whose pixels encode (row, x): code = 16 * (offset + i) + x.
 
-    S2 stores the code as reflectance, SAR as -code/100 dB, so after normalisation both can be
-    decoded back and compared: a pair that came apart or was flipped alone would disagree.
+    S2 stores the code as reflectance, SAR as -code/100 dB, so both can be decoded back and
+    compared: a pair that came apart or was flipped alone would disagree.
     """
     writer = ShardWriter(root, rows_per_shard=4)
     for i in range(n):
@@ -38,10 +38,9 @@ def pair_set(root, n, offset=0):
 
 
 def decode(sample):
-    from_s2 = np.rint(sample["s2"].numpy() * 10000).astype(int)
-    from_sar = np.rint((25 - sample["sar"].numpy() * 25) * 100).astype(
-        int
-    )  # undo [-25, 0] → [0, 1]
+    """The codes of a raw (as stored) pair sample."""
+    from_s2 = sample["s2"].numpy().astype(int)
+    from_sar = np.rint(-sample["sar"].numpy() * 100).astype(int)
     return from_s2, from_sar
 
 
@@ -60,12 +59,12 @@ def test_balanced_sources_end_together_and_never_repeat():
     sampler = MultiSourceBatchSampler(source_sizes, batch, seed=1)
     used = Counter()
     for step in sampler:
-        counts = Counter(source for source, _ in step)
+        counts = Counter(source for source, _, _ in step)
         assert counts == Counter(batch)  # every step has one batch of EVERY source
         used.update(step)
     assert max(used.values()) == 1
     for source, size in source_sizes.items():
-        consumed = sum(1 for s, _ in used if s == source)
+        consumed = sum(1 for s, _, _ in used if s == source)
         assert consumed / size > 0.9, source  # nobody is left with a long unused tail
 
 
@@ -76,7 +75,11 @@ def test_deterministic_given_seed_and_reshuffled_per_epoch():
     assert first != list(MultiSourceBatchSampler(*args, seed=8))
     sampler = MultiSourceBatchSampler(*args, seed=7)
     sampler.set_epoch(1)
-    assert list(sampler) != first
+    second = list(sampler)
+    assert {epoch for step in second for _, _, epoch in step} == {1}  # the keys carry it
+    assert [[key[:2] for key in step] for step in second] != [
+        [key[:2] for key in step] for step in first
+    ]
     assert len(first) == 10
 
 
@@ -130,8 +133,8 @@ def test_pairs_stay_aligned_through_flips_and_worker_processes(tmp_path):
     flips, rows_seen = Counter(), []
     for batch_idx, batch in zip(sampler, loader, strict=True):
         assert batch["s1s2"]["s2"].shape == (2, 2, 3, WIDTH)
-        assert batch["s1s2"]["s2"].dtype == torch.float32
-        for k, (_, row) in enumerate(batch_idx):
+        assert batch["s1s2"]["s2"].dtype == torch.uint16  # as stored, normalised on the device
+        for k, (_, row, _) in enumerate(batch_idx):
             from_s2, from_sar = decode({r: t[k] for r, t in batch["s1s2"].items()})
             assert np.array_equal(from_s2, from_sar)
             assert set(from_s2.ravel() // 16) == {row}
@@ -144,14 +147,13 @@ def test_pairs_stay_aligned_through_flips_and_worker_processes(tmp_path):
 def test_flips_are_reproducible_per_seed_epoch_and_row(tmp_path):
     dataset = MultiSourceDataset({"s1s2": [pair_set(tmp_path, 8)]}, seed=1)
 
-    def flipped(ds):
-        return [bool(ds[("s1s2", i)][1]["s2"][0, 0, 0] > ds[("s1s2", i)][1]["s2"][0, 0, 1])
-                for i in range(8)]  # fmt: skip
+    def flipped(ds, epoch=0):
+        images = [ds[("s1s2", i, epoch)][1]["s2"].int() for i in range(8)]
+        return [bool(image[0, 0, 0] > image[0, 0, 1]) for image in images]
 
     epoch0 = flipped(dataset)
     assert epoch0 == flipped(MultiSourceDataset({"s1s2": [ShardSet(tmp_path)]}, seed=1))
-    dataset.set_epoch(1)
-    assert flipped(dataset) != epoch0
+    assert flipped(dataset, epoch=1) != epoch0
     assert not any(flipped(MultiSourceDataset({"s1s2": [ShardSet(tmp_path)]}, flip=False)))
 
 
@@ -162,7 +164,7 @@ def test_sources_combining_sets_must_share_roles(tmp_path):
     with pytest.raises(ValueError, match="holds roles"):
         MultiSourceDataset({"mixed": [pair_set(tmp_path / "p", 2), ShardSet(tmp_path / "rgb")]})
     with pytest.raises(IndexError, match="outside source"):
-        MultiSourceDataset({"rgb": [ShardSet(tmp_path / "rgb")]})[("rgb", 1)]
+        MultiSourceDataset({"rgb": [ShardSet(tmp_path / "rgb")]})[("rgb", 1, 0)]
 
 
 def test_shard_dataset_normalises_sensors_and_keeps_labels_raw(tmp_path):

@@ -22,7 +22,13 @@ from msgfm.data.statistics import role_statistics
 from msgfm.data.tiling.pretrain import tile_pretrain
 from msgfm.model.factory import load_encoder
 from msgfm.model.masking import MaskGenerator
-from msgfm.pretrain.batches import SourceSpec, loss_weights, make_entries, sensor_lr_scales
+from msgfm.pretrain.batches import (
+    SampleDraws,
+    SourceSpec,
+    loss_weights,
+    make_entries,
+    sensor_lr_scales,
+)
 from msgfm.train.preemption import EXIT_REQUEUE
 
 # One OpenMP thread per process: several processes spinning all cores' threads slow each
@@ -338,30 +344,33 @@ def weights_at_init(name: str) -> torch.Tensor:
 
 
 def test_entries_pair_sensors_draw_per_sample_and_weight_sources() -> None:
-    generator = MaskGenerator(64, 16, 4, 0.6)
+    draws = SampleDraws(MaskGenerator(64, 16, 4, 0.6), cross_rate=0.5, seed=0)
     batch = {
         "sen12ms": {
-            "sar": torch.zeros(3, 2, 64, 64),
-            "s2": torch.ones(3, 13, 64, 64),
+            "sar": torch.full((3, 2, 64, 64), -25.0),  # dB: normalised to 0
+            "s2": torch.full((3, 13, 64, 64), 10000, dtype=torch.uint16),  # normalised to 1
             "row": torch.tensor([5, 1, 7]),
         },
-        "rgb": {"rgb": torch.zeros(2, 3, 64, 64), "row": torch.tensor([0, 3])},
+        "rgb": {"rgb": torch.zeros(2, 3, 64, 64, dtype=torch.uint8), "row": torch.tensor([0, 3])},
     }
     specs = [SourceSpec("rgb", ("geopile",), 2, 1e-4), SourceSpec("sen12ms", ("s",), 3, 2.5e-5)]
-    kwargs = dict(mask_generator=generator, cross_rate=0.5, seed=0, weights=loss_weights(specs))
-    entries, entry_weights = make_entries(batch, epoch=0, device=torch.device("cpu"), **kwargs)
+    cpu = torch.device("cpu")
+    weights = loss_weights(specs)
+    entries, entry_weights = make_entries(draws.add_to(batch, 0), weights=weights, device=cpu)
     assert sorted(entries) == ["rgb/rgb", "sen12ms/s2", "sen12ms/sar"]
     assert entries["sen12ms/sar"]["partner_sensor"] == "s2"
-    assert torch.equal(entries["sen12ms/sar"]["partner"], batch["sen12ms"]["s2"])
+    assert torch.equal(entries["sen12ms/sar"]["partner"], torch.ones(3, 13, 64, 64))
+    assert torch.equal(entries["sen12ms/s2"]["image"], torch.ones(3, 13, 64, 64))
+    assert torch.equal(entries["sen12ms/sar"]["image"], torch.zeros(3, 2, 64, 64))
     assert "partner" not in entries["rgb/rgb"]
     assert entry_weights == {"rgb/rgb": 1.0, "sen12ms/s2": 0.25, "sen12ms/sar": 0.25}
     # Independent masks per sensor, the same ones for the same sample in another batch layout.
     assert not torch.equal(entries["sen12ms/sar"]["mask"], entries["sen12ms/s2"]["mask"])
     reordered = {"sen12ms": {k: v[[2, 0, 1]] for k, v in batch["sen12ms"].items()}}
-    again, _ = make_entries(reordered, epoch=0, device=torch.device("cpu"), **kwargs)
+    again, _ = make_entries(draws.add_to(reordered, 0), weights=weights, device=cpu)
     assert torch.equal(again["sen12ms/sar"]["mask"], entries["sen12ms/sar"]["mask"][[2, 0, 1]])
     assert torch.equal(again["sen12ms/s2"]["cross"], entries["sen12ms/s2"]["cross"][[2, 0, 1]])
-    other_epoch, _ = make_entries(batch, epoch=1, device=torch.device("cpu"), **kwargs)
+    other_epoch, _ = make_entries(draws.add_to(batch, 1), weights=weights, device=cpu)
     assert not torch.equal(other_epoch["sen12ms/sar"]["mask"], entries["sen12ms/sar"]["mask"])
     assert all(m.sum() == 10 * 16 for m in entries["rgb/rgb"]["mask"])  # ⌈16·0.6⌉ cells of 4²
 

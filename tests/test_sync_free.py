@@ -16,7 +16,7 @@ from torch import nn
 from msgfm.model.factory import build_model
 from msgfm.model.masking import MaskGenerator, pixel_mask
 from msgfm.model.msgfm import L1_EPS, MsGFM, masked_l1_terms, patchify
-from msgfm.pretrain.batches import host_to_device, make_entries
+from msgfm.pretrain.batches import SampleDraws, make_entries
 from msgfm.train.checkpoint import TrainPosition
 from msgfm.train.distributed import DistContext
 from msgfm.train.optim import build_optimizer, build_scheduler, param_groups
@@ -29,21 +29,28 @@ MOE = {"preset": "demo", "moe": {"enabled": True, "dispatch": "capacity"}}
 MOE_GROUPED = {"preset": "demo", "moe": {"enabled": True, "dispatch": "grouped"}}
 
 
-def heterogeneous_entries(seed: int = 0) -> tuple[dict, dict[str, float]]:
-    """A demo step as the job builds it: a SAR/S2 pair with mixed cross flags and RGB alone."""
+def heterogeneous_batch(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """A demo step as the DataLoader delivers it: raw tiles as stored plus each sample's draws
+    (a SAR/S2 pair with mixed cross flags and RGB alone)."""
     generator = torch.Generator().manual_seed(seed)
     batch = {
         "sen12ms": {
-            "sar": torch.randn(4, 2, 64, 64, generator=generator),
-            "s2": torch.randn(4, 13, 64, 64, generator=generator),
+            "sar": torch.rand(4, 2, 64, 64, generator=generator) * -30.0,  # dB
+            "s2": torch.randint(0, 12000, (4, 13, 64, 64), generator=generator).to(torch.uint16),
             "row": torch.tensor([5, 1, 7, 2]),
         },
-        "rgb": {"rgb": torch.randn(2, 3, 64, 64, generator=generator), "row": torch.tensor([0, 3])},
+        "rgb": {
+            "rgb": torch.randint(0, 256, (2, 3, 64, 64), generator=generator, dtype=torch.uint8),
+            "row": torch.tensor([0, 3]),
+        },
     }
+    return SampleDraws(MaskGenerator(64, 16, 4, 0.6), cross_rate=0.5, seed=seed).add_to(batch, 0)
+
+
+def heterogeneous_entries(seed: int = 0) -> tuple[dict, dict[str, float]]:
     entries, weights = make_entries(
-        batch, mask_generator=MaskGenerator(64, 16, 4, 0.6), cross_rate=0.5, seed=seed,
-        epoch=0, weights={"sen12ms": 0.25, "rgb": 1.0}, device=torch.device("cpu"),
-    )  # fmt: skip
+        heterogeneous_batch(seed), weights={"sen12ms": 0.25, "rgb": 1.0}, device=torch.device("cpu")
+    )
     crosses = torch.cat([e["cross"] for e in entries.values() if "cross" in e])
     assert crosses.any() and not crosses.all(), "the batch must mix self and cross samples"
     return entries, weights
@@ -277,12 +284,15 @@ def test_the_moe_step_compiles_as_one_graph_and_matches_eager() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_entries_on_the_gpu_equal_those_on_the_cpu() -> None:
-    """Masks and cross flags go through pinned memory, asynchronously: same values."""
-    entries, _ = heterogeneous_entries()
-    cuda = torch.device("cuda")
-    for key, entry in entries.items():
-        for name in ("mask", "cross"):
+    """Raw tiles, masks and cross flags go through pinned memory, asynchronously, and are
+    normalised on the GPU: the entries the CPU builds from the same batch."""
+    batch = heterogeneous_batch()
+    pinned = {s: {r: t.pin_memory() for r, t in roles.items()} for s, roles in batch.items()}
+    weights = {"sen12ms": 0.25, "rgb": 1.0}
+    on_cpu, _ = make_entries(batch, weights=weights, device=torch.device("cpu"))
+    on_gpu, _ = make_entries(pinned, weights=weights, device=torch.device("cuda"))
+    for key, entry in on_cpu.items():
+        for name in ("image", "mask", "partner", "cross"):
             if name in entry:
-                moved = host_to_device(entry[name], cuda)
-                assert moved.device.type == "cuda"
-                assert torch.equal(moved.cpu(), entry[name]), (key, name)
+                assert on_gpu[key][name].device.type == "cuda"
+                torch.testing.assert_close(on_gpu[key][name].cpu(), entry[name], msg=(key, name))

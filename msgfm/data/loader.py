@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from msgfm.data.sensors import normalize
+from msgfm.data.normalize import normalize
 from msgfm.data.shards import ShardSet
 
 # Which sensor's normalisation a role gets; roles not listed are passed through raw.
@@ -43,10 +43,7 @@ def to_tensor(role: str, array: np.ndarray) -> torch.Tensor:
     """
     sensor = ROLE_SENSORS.get(role)
     if sensor is not None:
-        out = normalize(sensor, array)
-        if np.may_share_memory(out, array):
-            out = out.copy()
-        return torch.from_numpy(out)
+        return normalize(sensor, torch.from_numpy(np.array(array)))
     if role in INTEGER_ROLES:
         return torch.from_numpy(np.array(array, dtype=np.int64))
     return torch.from_numpy(np.array(array, dtype=np.float32))
@@ -101,8 +98,11 @@ def _source_key(source: str) -> int:
     return zlib.crc32(source.encode())
 
 
-class MultiSourceBatchSampler(Sampler[list[tuple[str, int]]]):
-    """Yields, per step, this rank's batch of every source as a list of (source, row) pairs.
+class MultiSourceBatchSampler(Sampler[list[tuple[str, int, int]]]):
+    """Yields, per step, this rank's batch of every source as (source, row, epoch) keys.
+
+    The epoch travels in the key because the sample's draws (flip, mask, cross flag) depend
+    on it: persistent DataLoader workers, started once, then never need to be told it.
 
     ``batch_sizes`` are per-rank (paper Table 10 gives per-GPU sizes), so a source's global
     batch is ``batch_sizes[source] * world_size``. ``steps_per_epoch`` is the minimum over
@@ -164,28 +164,36 @@ class MultiSourceBatchSampler(Sampler[list[tuple[str, int]]]):
     def __len__(self) -> int:
         return self.steps_per_epoch - self.start_step
 
-    def __iter__(self) -> Iterator[list[tuple[str, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[str, int, int]]]:
         orders = {source: self.permutation(source) for source in self.source_sizes}
         for step in range(self.start_step, self.steps_per_epoch):
-            batch: list[tuple[str, int]] = []
+            batch: list[tuple[str, int, int]] = []
             for source, order in orders.items():
                 size = self.batch_sizes[source]
                 start = (step * self.world_size + self.rank) * size
-                batch.extend((source, int(row)) for row in order[start : start + size])
+                batch.extend((source, int(row), self.epoch) for row in order[start : start + size])
             yield batch
 
 
+# (source, row, epoch, sensor roles) → the sample's random draws by name (see MultiSourceDataset).
+SampleDraws = Callable[[str, int, int, Sequence[str]], dict[str, torch.Tensor]]
+
+
 class MultiSourceDataset(Dataset):
-    """Pretraining samples addressed by (source, row), a source being one or more shard sets.
+    """Pretraining samples addressed by (source, row, epoch), a source being one or more shard
+    sets.
 
     A source such as "rgb" may concatenate several sets (GeoPile + MillionAID); they must
-    hold the same roles. ``__getitem__`` returns ``(source, {role: tensor, "row": row})`` with every
-    sensor normalised and, with ``flip``, one horizontal flip drawn from
-    (seed, epoch, source, row) and applied to all roles, so a pair stays aligned and a run
-    is reproducible. Call ``set_epoch`` before each epoch; DataLoader workers pick it up when
-    they start (so do not use ``persistent_workers``). ``roles`` restricts what is read per
-    source (a single-sensor pretraining variant reads SAR but not the S2 of the same SEN12MS
-    rows); by default every role of the set.
+    hold the same roles. ``__getitem__`` returns ``(source, {role: tensor, "row": row})`` with
+    every role *as stored* (uint8 RGB, uint16 Sentinel-2, float32 SAR/DSM): the step sends
+    these bytes to the device and normalises them there (msgfm.data.normalize), a quarter of
+    float32's bytes for RGB. With ``flip`` one horizontal flip is drawn from (seed, epoch,
+    source, row) and applied to all roles, so a pair stays aligned and a run is reproducible.
+    ``draws`` adds the sample's other random choices (SimMIM masks, cross flags:
+    msgfm.pretrain.batches), so they are drawn in the DataLoader workers, not by the training
+    process between steps. ``roles`` restricts what is read per source (a single-sensor
+    pretraining variant reads SAR but not the S2 of the same SEN12MS rows); by default every
+    role of the set.
     """
 
     def __init__(
@@ -195,9 +203,10 @@ class MultiSourceDataset(Dataset):
         seed: int = 0,
         flip: bool = True,
         roles: Mapping[str, Sequence[str]] | None = None,
+        draws: SampleDraws | None = None,
     ) -> None:
         self.sets = {source: list(group) for source, group in sets.items()}
-        self.seed, self.flip, self.epoch = seed, flip, 0
+        self.seed, self.flip, self.draws = seed, flip, draws
         self.roles: dict[str, tuple[str, ...]] = {}
         self._starts: dict[str, list[int]] = {}
         for source, group in self.sets.items():
@@ -225,14 +234,11 @@ class MultiSourceDataset(Dataset):
         """Samples per source, as :class:`MultiSourceBatchSampler` expects."""
         return {source: sum(len(s) for s in group) for source, group in self.sets.items()}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return sum(self.sizes.values())
 
-    def __getitem__(self, key: tuple[str, int]) -> tuple[str, dict[str, torch.Tensor]]:
-        source, row = key
+    def __getitem__(self, key: tuple[str, int, int]) -> tuple[str, dict[str, torch.Tensor]]:
+        source, row, epoch = key
         starts = self._starts[source]
         part = bisect.bisect_right(starts, row) - 1
         shardset = self.sets[source][part]
@@ -240,16 +246,19 @@ class MultiSourceDataset(Dataset):
         if not 0 <= local < len(shardset) or row < 0:
             raise IndexError(f"row {row} outside source {source!r} of {self.sizes[source]} rows")
         arrays = shardset.get(local, self.roles[source])
-        sample = {role: to_tensor(role, a) for role, a in arrays.items()}
-        if self.flip and self._draw_flip(source, row):
+        # np.array copies out of the memory map: the tensor owns writable memory.
+        sample = {role: torch.from_numpy(np.array(a)) for role, a in arrays.items()}
+        if self.flip and self._draw_flip(source, row, epoch):
             sample = {role: torch.flip(t, dims=(-1,)) for role, t in sample.items()}
-        # The row travels with the sample so per-sample draws downstream (SimMIM masks, cross
-        # flags) can be seeded by the sample, independent of batch layout and rank count.
+        if self.draws is not None:
+            sample.update(self.draws(source, row, epoch, self.roles[source]))
+        # The row travels with the sample so that per-sample draws are seeded by the sample,
+        # independent of batch layout and rank count.
         sample["row"] = torch.tensor(row, dtype=torch.int64)
         return source, sample
 
-    def _draw_flip(self, source: str, row: int) -> bool:
-        rng = np.random.default_rng([self.seed, self.epoch, _source_key(source), row])
+    def _draw_flip(self, source: str, row: int, epoch: int) -> bool:
+        rng = np.random.default_rng([self.seed, epoch, _source_key(source), row])
         return bool(rng.random() < 0.5)
 
 

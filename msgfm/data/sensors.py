@@ -23,8 +23,8 @@ SAR_BANDS: tuple[str, ...] = ("VV", "VH")
 RGB_BANDS: tuple[str, ...] = ("R", "G", "B")
 DSM_BANDS: tuple[str, ...] = ("DSM",)
 
-# ImageNet statistics, as GFM/SimMIM normalise RGB; the sensor-specific scalings below map
-# the other sensors to [0, 1] first.
+# ImageNet statistics, as GFM/SimMIM normalise RGB; the sensor-specific scalings of
+# msgfm.data.normalize map the other sensors to [0, 1] first.
 RGB_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 RGB_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -85,32 +85,3 @@ def select_bands(
             out[i] = array[position[band]]
             valid[i] = True
     return out, valid
-
-
-def normalize(sensor: str, array: np.ndarray) -> np.ndarray:
-    """Map a raw (C, H, W) or (N, C, H, W) array of one sensor to float32 model input.
-
-    - rgb: uint8 → [0, 1] → ImageNet mean/std (the statistics GFM/SimMIM use).
-    - s2: reflectance clipped to [0, 10000] and divided by 10000.
-    - sar: σ0 in dB clipped to [-25, 0] and rescaled to [0, 1]; NaNs were already replaced
-      by 0 dB at tiling time and counted in the tiling report.
-    - dsm: standardised per tile (metres relative to the tile's own mean and spread), because
-      absolute heights differ between MDAS and Vaihingen by hundreds of metres.
-    """
-    x = array.astype(np.float32, copy=False)
-    channel_axis = x.ndim - 3
-    if sensor == "rgb":
-        shape = [1] * x.ndim
-        shape[channel_axis] = 3
-        return (x / 255.0 - RGB_MEAN.reshape(shape)) / RGB_STD.reshape(shape)
-    if sensor == "s2":
-        return np.clip(x, 0.0, S2_MAX_REFLECTANCE) / S2_MAX_REFLECTANCE
-    if sensor == "sar":
-        low, high = SAR_DB_RANGE
-        return (np.clip(np.nan_to_num(x, nan=0.0), low, high) - low) / (high - low)
-    if sensor == "dsm":
-        axes = (-2, -1)
-        mean = x.mean(axis=axes, keepdims=True)
-        std = x.std(axis=axes, keepdims=True)
-        return (x - mean) / (std + 1e-6)
-    raise KeyError(f"unknown sensor {sensor!r}; expected one of {sorted(SENSORS)}")

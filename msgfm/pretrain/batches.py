@@ -1,10 +1,12 @@
 """From one step's multi-source batch to the model's entries: masks, cross flags, weights.
 
-Every random choice made here (each image's SimMIM mask, whether a paired image reconstructs
-its partner) is drawn from a generator seeded by the *sample* (seed, epoch, source, row,
-purpose), not from global state or the batch layout. So a run resumed from a checkpoint draws
-exactly what the interrupted run would have drawn, and a sample gets the same mask whether it
-is trained on one process or on one of several DDP ranks.
+Every random choice (each image's SimMIM mask, whether a paired image reconstructs its
+partner) is drawn by :class:`SampleDraws` from a generator seeded by the *sample* (seed,
+epoch, source, row, purpose), not from global state or the batch layout. So a run resumed
+from a checkpoint draws exactly what the interrupted run would have drawn, a sample gets the
+same mask whether it is trained on one process or on one of several DDP ranks, and the draws
+can be made in the DataLoader workers (msgfm.data.loader.MultiSourceDataset), in parallel
+and ahead of the step, instead of by the training process between steps.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from msgfm.data.loader import ROLE_SENSORS
+from msgfm.data.normalize import normalize
 from msgfm.model.masking import MaskGenerator
 
 
@@ -71,67 +74,80 @@ def sensor_roles(roles: Sequence[str]) -> list[str]:
     return [role for role in roles if ROLE_SENSORS.get(role) == role]
 
 
-def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a tensor drawn on the host to ``device`` without making the host wait.
+@dataclass(frozen=True)
+class SampleDraws:
+    """One sample's random choices by name: ``mask/<sensor>`` for each sensor image and, for a
+    paired source, ``cross/<sensor>`` (reconstruct the partner? with probability
+    ``cross_rate``; the unit of the draw is the sample, our documented choice)."""
 
-    A copy from pageable memory to a GPU blocks until the kernels queued before it have run;
-    from pinned (page-locked) memory it is queued behind them and the host runs ahead to the
-    next step. The CUDA caching host allocator keeps the pinned buffer alive until the copy is
-    done. On the CPU nothing is copied.
-    """
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    mask_generator: MaskGenerator
+    cross_rate: float
+    seed: int
+
+    def __call__(
+        self, source: str, row: int, epoch: int, roles: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        sensors = sensor_roles(roles)
+        out = {}
+        for sensor in sensors:
+            generator = sample_generator(self.seed, epoch, source, row, f"mask/{sensor}")
+            out[f"mask/{sensor}"] = self.mask_generator(generator)
+            if len(sensors) > 1:
+                generator = sample_generator(self.seed, epoch, source, row, f"cross/{sensor}")
+                out[f"cross/{sensor}"] = torch.rand((), generator=generator) < self.cross_rate
+        return out
+
+    def add_to(
+        self, step_batch: Mapping[str, Mapping[str, torch.Tensor]], epoch: int
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """A collated batch with its samples' draws, as the workers would have added them
+        (for batches built without the dataset: benchmarks, tests)."""
+        out = {}
+        for source, roles in step_batch.items():
+            draws = [self(source, int(row), epoch, list(roles)) for row in roles["row"]]
+            stacked = {name: torch.stack([d[name] for d in draws]) for name in draws[0]}
+            out[source] = {**roles, **stacked}
+        return out
 
 
 def make_entries(
     step_batch: Mapping[str, Mapping[str, torch.Tensor]],
     *,
-    mask_generator: MaskGenerator,
-    cross_rate: float,
-    seed: int,
-    epoch: int,
     weights: Mapping[str, float],
     device: torch.device,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     """One model entry per (source, sensor): independent masks per sensor (paper App. B.1).
 
     A paired source (SEN12MS: SAR + S2; MDAS: RGB + DSM) gives two entries, each the other's
-    partner; each sample draws ``cross`` with probability ``cross_rate`` (the unit of the draw
-    is the sample, our documented choice). An unpaired source reconstructs itself (Eq. 2).
+    partner, each sample reconstructing the partner where its ``cross`` draw says so; an
+    unpaired source reconstructs itself (Eq. 2). Images arrive as stored and are normalised
+    on the device, once per sensor even where an image is also the partner's target. The
+    batch's tensors come pinned from the DataLoader on a GPU, so every copy here is queued
+    behind the running kernels and the host never waits for them.
     """
     entries: dict[str, dict[str, Any]] = {}
     entry_weights: dict[str, float] = {}
     for source in sorted(step_batch):
         roles = step_batch[source]
-        rows = [int(row) for row in roles["row"]]
         sensors = sensor_roles(list(roles))
         if len(sensors) > 2:
             raise ValueError(f"source {source!r} holds {sensors}: at most a pair is supported")
+        images = {
+            sensor: normalize(sensor, roles[sensor].to(device, non_blocking=True))
+            for sensor in sensors
+        }
         for sensor in sensors:
-            masks = [
-                mask_generator(sample_generator(seed, epoch, source, row, f"mask/{sensor}"))
-                for row in rows
-            ]
             entry: dict[str, Any] = {
-                "image": roles[sensor].to(device, non_blocking=True),
+                "image": images[sensor],
                 "sensor": sensor,
-                "mask": host_to_device(torch.stack(masks), device),
+                "mask": roles[f"mask/{sensor}"].to(device, non_blocking=True),
             }
             partners = [other for other in sensors if other != sensor]
             if partners:
-                partner = partners[0]
-                draws = [
-                    torch.rand(
-                        1, generator=sample_generator(seed, epoch, source, r, f"cross/{sensor}")
-                    )
-                    for r in rows
-                ]
-                cross = torch.cat(draws) < cross_rate
                 entry.update(
-                    partner=roles[partner].to(device, non_blocking=True),
-                    partner_sensor=partner,
-                    cross=host_to_device(cross, device),
+                    partner=images[partners[0]],
+                    partner_sensor=partners[0],
+                    cross=roles[f"cross/{sensor}"].to(device, non_blocking=True),
                 )
             key = f"{source}/{sensor}"
             entries[key] = entry

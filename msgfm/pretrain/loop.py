@@ -39,6 +39,7 @@ from msgfm.data.statistics import role_statistics
 from msgfm.model.factory import build_mask_generator, build_model
 from msgfm.model.moe import MoEMlp
 from msgfm.pretrain.batches import (
+    SampleDraws,
     SourceSpec,
     loss_weights,
     make_entries,
@@ -174,7 +175,19 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
 
     specs = source_specs(pre, variant)
     sets, sensors = open_sources(specs, Path(cfg["shards_root"]), variant.get("sensors"))
-    dataset = MultiSourceDataset(sets, seed=seed, roles=sensors)
+
+    # Frozen, never wrapped in DDP, built before the model from its own seeded RNG.
+    objective = variant.get("objective", "mim")
+    teacher = teacher_for_variant(variant, seed)
+    if teacher is not None:
+        teacher.to(ctx.device)
+    model = build_model(model_config(cfg, teacher.dim if teacher else None))
+    measure_input_statistics(model, sets, sensors)
+    model.to(ctx.device)
+    mask_generator = build_mask_generator(model.config)
+
+    draws = SampleDraws(mask_generator, float(variant["cross_rate"]), seed)
+    dataset = MultiSourceDataset(sets, seed=seed, roles=sensors, draws=draws)
     sampler = MultiSourceBatchSampler(
         dataset.sizes,
         {s.name: s.batch_size for s in specs},
@@ -186,18 +199,9 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
     if pre.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(pre["max_steps_per_epoch"]))
     loader = make_loader(
-        dataset, sampler, collate_multisource, workers=int(pre["num_workers"]), seed=seed, ctx=ctx
-    )
-
-    # Frozen, never wrapped in DDP, built before the model from its own seeded RNG.
-    objective = variant.get("objective", "mim")
-    teacher = teacher_for_variant(variant, seed)
-    if teacher is not None:
-        teacher.to(ctx.device)
-    model = build_model(model_config(cfg, teacher.dim if teacher else None))
-    measure_input_statistics(model, sets, sensors)
-    model.to(ctx.device)
-    mask_generator = build_mask_generator(model.config)
+        dataset, sampler, collate_multisource, workers=int(pre["num_workers"]), seed=seed,
+        ctx=ctx, persistent=True,
+    )  # fmt: skip
     groups = param_groups(
         model,
         weight_decay=float(pre["weight_decay"]),
@@ -248,15 +252,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
     weights = loss_weights(specs)
 
     def step(raw: Any, position: TrainPosition) -> tuple[torch.Tensor, dict[str, Any], int]:
-        entries, entry_weights = make_entries(
-            raw,
-            mask_generator=mask_generator,
-            cross_rate=float(variant["cross_rate"]),
-            seed=seed,
-            epoch=position.epoch,
-            weights=weights,
-            device=ctx.device,
-        )
+        entries, entry_weights = make_entries(raw, weights=weights, device=ctx.device)
         with precision.autocast():
             if teacher is not None:
                 add_teacher_targets(entries, teacher, objective, mask_generator.cells_per_side)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from msgfm.data.loader import MultiSourceDataset
+from msgfm.data.normalize import normalize
 from msgfm.model.masking import MaskGenerator, pixel_mask
 from msgfm.pretrain.batches import sensor_roles
 from msgfm.pretrain.figures import ReconstructionExample
@@ -43,15 +44,18 @@ def reconstruction_examples(
     out: dict[str, list[ReconstructionExample]] = {}
     try:
         for source, size in dataset.sizes.items():
-            rows = [dataset[(source, row)][1] for row in range(min(count, size))]
+            rows = [dataset[(source, row, 0)][1] for row in range(min(count, size))]
             sensors = sensor_roles(list(rows[0]))
+            stacked = {
+                s: normalize(s, torch.stack([r[s] for r in rows]).to(device)) for s in sensors
+            }
             for sensor in sensors:
-                image = torch.stack([r[sensor] for r in rows]).to(device)
+                image = stacked[sensor]
                 mask = mask_generator.batch(len(rows), generator).to(device)
                 mask_px = pixel_mask(mask, image.shape[-1] // mask.shape[-1])[:, 0]
                 examples = []
                 for target_sensor in [sensor, *(s for s in sensors if s != sensor)]:
-                    target = torch.stack([r[target_sensor] for r in rows]).to(device)
+                    target = stacked[target_sensor]
                     recon = reconstruct(bare, image, sensor, target_sensor, mask)
                     examples.extend(
                         ReconstructionExample(

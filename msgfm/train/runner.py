@@ -64,14 +64,18 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
 
 def make_loader(
     dataset: Dataset, batch_sampler: Any, collate: Callable, *, workers: int, seed: int,
-    ctx: DistContext,
+    ctx: DistContext, persistent: bool = False,
 ) -> DataLoader:  # fmt: skip
     """A DataLoader whose worker seeding draws from a private generator: drawing from the
     global RNG would shift the MoE gate noise that a resumed run restores.
 
     ``workers`` is capped to this rank's CPU share (:func:`cpu_share`), which msgfm.cli gave
-    the process as its thread count.
+    the process as its thread count. ``persistent`` keeps the workers (and their open shard
+    maps) across epochs instead of starting them again each epoch; only for a dataset that
+    takes the epoch from its keys (no ``set_epoch``, which workers would never see again).
     """
+    if persistent and hasattr(dataset, "set_epoch"):
+        raise ValueError(f"{type(dataset).__name__} takes its epoch from set_epoch: not persistent")
     share = cpu_share(torch.get_num_threads(), workers=workers)
     if share.workers < workers:
         log.info(
@@ -87,6 +91,7 @@ def make_loader(
         num_workers=share.workers,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=ctx.device.type == "cuda",
+        persistent_workers=persistent and share.workers > 0,
     )
 
 
@@ -177,7 +182,8 @@ class Trainer:
         with PreemptionWatcher() as watcher:
             while position.epoch < self.epochs:
                 sampler.set_epoch(position.epoch, start_step=position.step)
-                dataset.set_epoch(position.epoch)
+                if hasattr(dataset, "set_epoch"):  # else the sampler's keys carry the epoch
+                    dataset.set_epoch(position.epoch)
                 self.train_model.train()
                 clock = window_start = time.perf_counter()
                 window_samples = 0
