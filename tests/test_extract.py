@@ -190,3 +190,33 @@ def test_unknown_suffix_and_corrupt_tar_raise_data_errors(tmp_path: Path) -> Non
     with pytest.raises(DataError, match="cannot read tar archive"):
         safe_extract(broken, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_truncated_or_corrupt_zip_is_one_clear_error(tmp_path: Path) -> None:
+    whole = _zip(tmp_path / "whole.zip", [("a.tif", b"abc" * 5000, 0)]).read_bytes()
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(whole[: len(whole) // 2])
+    flipped = tmp_path / "flipped.zip"  # the directory is intact, a data byte is not
+    flipped.write_bytes(whole[:40] + bytes([whole[40] ^ 0xFF]) + whole[41:])
+    for broken in (cut, flipped):
+        pattern = rf"{broken.name}: cannot read zip archive \(.+\); delete it"
+        with pytest.raises(DataError, match=pattern):
+            safe_extract(broken, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("a.tif", b"one", 0), ("a.tif", b"two", 0)],
+        [("l", b"x", stat.S_IFLNK | 0o777), ("./l", b"y", stat.S_IFLNK | 0o777)],
+        [("a", b"file", 0), ("a/b.tif", b"inside a file", 0)],
+    ],
+    ids=["file twice", "link twice", "file used as folder"],
+)
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_zip_holding_a_name_twice_is_refused(tmp_path: Path, members: list) -> None:
+    archive = _zip(tmp_path / "dup.zip", [("x/", b"", stat.S_IFDIR | 0o755), *members])
+    with pytest.raises(UnsafeArchiveError, match=r"dup\.zip: member .* (twice|a file)"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

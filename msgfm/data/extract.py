@@ -18,6 +18,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -44,9 +45,13 @@ def safe_extract(archive: Path, dest: Path) -> list[Path]:
     archive, dest = Path(archive), Path(dest)
     name = archive.name.lower()
     if name.endswith(ZIP_SUFFIXES):
-        with zipfile.ZipFile(archive) as zf:
-            links = _validate_zip(archive, zf)
-            return _extract_then_move(archive, dest, lambda tmp: _unpack_zip(zf, links, tmp))
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                links = _validate_zip(archive, zf)
+                return _extract_then_move(archive, dest, lambda tmp: _unpack_zip(zf, links, tmp))
+        except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            # A cut download or a flipped byte: the file cannot be repaired, only fetched again.
+            raise DataError(archive, f"cannot read zip archive ({exc}); delete it") from exc
     if name.endswith(TAR_SUFFIXES):
         _validate_tar(archive)
         return _extract_then_move(archive, dest, lambda tmp: _unpack_tar(archive, tmp))
@@ -175,10 +180,23 @@ def _zip_mode(info: zipfile.ZipInfo) -> int:
 
 
 def _validate_zip(archive: Path, zf: zipfile.ZipFile) -> dict[zipfile.ZipInfo, str]:
-    """Check every entry; return the symlink entries with their targets."""
+    """Check every entry; return the symlink entries with their targets.
+
+    A zip may hold one name twice (or a file and a folder below it); which copy wins would
+    depend on the extractor, so such an archive is refused rather than unpacked either way.
+    """
     symlinks, link_map, targets = [], {}, {}
+    files: set[tuple[str, ...]] = set()
+    seen: set[tuple[str, ...]] = set()
     for info in zf.infolist():
         parts = _member_parts(archive, info.filename)
+        if parts in seen:
+            raise UnsafeArchiveError(
+                archive, f"member {info.filename!r} appears twice; expected each name once"
+            )
+        seen.add(parts)
+        if not info.is_dir():
+            files.add(parts)
         mode = _zip_mode(info)
         kind = stat.S_IFMT(mode)
         if kind == stat.S_IFLNK:
@@ -190,6 +208,14 @@ def _validate_zip(archive: Path, zf: zipfile.ZipFile) -> dict[zipfile.ZipInfo, s
             raise UnsafeArchiveError(
                 archive, f"member {info.filename!r} is a device, fifo or other special file"
             )
+    for parts in seen:
+        for end in range(1, len(parts)):
+            if parts[:end] in files and parts[:end] not in link_map:
+                raise UnsafeArchiveError(
+                    archive,
+                    f"member {'/'.join(parts)!r} lies below {'/'.join(parts[:end])!r}, "
+                    "which is a file; expected a folder",
+                )
     _check_links(archive, symlinks, [], link_map)
     return targets
 
