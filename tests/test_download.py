@@ -289,11 +289,11 @@ def test_fetch_dataset_rerun_after_crash_skips_finished_work(
     real_extract = dl.safe_extract
     extracted: list[str] = []
 
-    def crash_on_part2(archive: Path, dest: Path) -> list[Path]:
+    def crash_on_part2(archive: Path, dest: Path, within: Path) -> list[Path]:
         if archive.name == "part2.tar.gz":
             raise KeyboardInterrupt  # the job is killed while unpacking part2
         extracted.append(archive.name)
-        return real_extract(archive, dest)
+        return real_extract(archive, dest, within=within)
 
     monkeypatch.setattr(dl, "safe_extract", crash_on_part2)
     with pytest.raises(KeyboardInterrupt):
@@ -301,9 +301,9 @@ def test_fetch_dataset_rerun_after_crash_skips_finished_work(
     assert not (tmp_path / "tinyset/.msgfm-ready.json").exists()
     requests_before = len(server.requests)
 
-    def record(archive: Path, dest: Path) -> list[Path]:
+    def record(archive: Path, dest: Path, within: Path) -> list[Path]:
         extracted.append(archive.name)
-        return real_extract(archive, dest)
+        return real_extract(archive, dest, within=within)
 
     monkeypatch.setattr(dl, "safe_extract", record)
     marker = fetch_dataset("tinyset", tmp_path, mirror=server.url, progress=False)
@@ -393,3 +393,56 @@ def test_prepare_fetches_manual_archives_from_a_mirror(
     marker = prepare("handset", tmp_path, mirror=server.url)
     assert marker.is_file()
     assert (tmp_path / "handset/top/area2.tif").read_bytes() == b"tile2"
+
+
+def _register(monkeypatch: pytest.MonkeyPatch, server: MirrorServer, files: dict) -> None:
+    """Serve ``files`` (name -> (bytes, subdir)) as dataset ``linkset`` without md5s."""
+    remote = tuple(
+        RemoteFile(name, f"https://example.invalid/{name}", None, name.endswith(".tar"), subdir)
+        for name, (_, subdir) in files.items()
+    )
+    source = Source("linkset", "Link set", "https://example.invalid", "nobody", remote)
+    monkeypatch.setitem(sources.SOURCES, "linkset", source)
+    for name, (data, _) in files.items():
+        server.files[f"/linkset/{name}"] = data
+
+
+def _link_tar(name: str, target: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        tf.addfile(info)
+    return buffer.getvalue()
+
+
+def test_links_across_a_datasets_archives_cannot_escape_the_data_root(
+    monkeypatch: pytest.MonkeyPatch, server: MirrorServer, tmp_path: Path
+) -> None:
+    _register(
+        monkeypatch,
+        server,
+        {
+            "1.tar": (_link_tar("y", "."), ""),
+            "2.tar": (_link_tar("x", "y/.."), ""),
+            "3.tar": (_tar_gz({"evil.txt": b"x"}), "x"),  # would land above the data root
+        },
+    )
+    with pytest.raises(DataError, match=r"2\.tar: symlink member 'x' -> 'y/\.\.'"):
+        fetch_dataset("linkset", tmp_path / "data", mirror=server.url, progress=False)
+    assert not (tmp_path / "data/linkset/x").is_symlink()
+    assert not (tmp_path / "data/linkset/.msgfm-ready.json").exists()
+
+
+def test_a_link_in_the_dataset_folder_is_not_written_through(
+    monkeypatch: pytest.MonkeyPatch, server: MirrorServer, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "data/linkset").mkdir(parents=True)
+    (tmp_path / "data/linkset/splits").symlink_to(outside)  # left by an older version
+    _register(monkeypatch, server, {"train.csv": (b"a,b\n", "splits")})
+    with pytest.raises(DataError, match=r"splits: resolves to .* through a link"):
+        fetch_dataset("linkset", tmp_path / "data", mirror=server.url, progress=False)
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "data/linkset/.msgfm-ready.json").exists()

@@ -220,3 +220,49 @@ def test_zip_holding_a_name_twice_is_refused(tmp_path: Path, members: list) -> N
     with pytest.raises(UnsafeArchiveError, match=r"dup\.zip: member .* (twice|a file)"):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _link_tar(path: Path, *links: tuple[str, str]) -> Path:
+    return _tar(path, [_special(name, tarfile.SYMTYPE, target) for name, target in links], "w")
+
+
+def test_links_across_archives_cannot_escape(tmp_path: Path) -> None:
+    """Each archive is harmless alone; together ``x -> y/..`` would point above the dataset."""
+    dest = tmp_path / "data" / "set"
+    safe_extract(_link_tar(tmp_path / "1.tar", ("y", ".")), dest)
+    with pytest.raises(UnsafeArchiveError, match=r"2\.tar: symlink member 'x' -> 'y/\.\.'"):
+        safe_extract(_link_tar(tmp_path / "2.tar", ("x", "y/..")), dest)
+    assert not (dest / "x").is_symlink()
+    # In the other order the link would point at nothing yet, and turn outside later.
+    other = tmp_path / "data" / "other"
+    with pytest.raises(UnsafeArchiveError, match=r"'x' -> 'y/\.\.' .*nothing"):
+        safe_extract(_link_tar(tmp_path / "3.tar", ("x", "y/..")), other)
+    assert not (other / "x").is_symlink()
+
+
+def test_a_link_in_the_destination_is_never_replaced_or_written_through(tmp_path: Path) -> None:
+    dest = tmp_path / "set"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest.mkdir()
+    (dest / "sub").mkdir()
+    (dest / "y").symlink_to("sub")
+    (dest / "x").symlink_to("y/..")  # the dataset folder itself, for now
+    with pytest.raises(UnsafeArchiveError, match=r"y: is a link .*4\.tar"):
+        safe_extract(_link_tar(tmp_path / "4.tar", ("y", ".")), dest)
+    assert (dest / "y").readlink() == Path("sub")
+
+    (dest / "out").symlink_to(outside)  # e.g. left by a version without these checks
+    archive = _tar(tmp_path / "5.tar", [_file("out/evil.txt")], "w")
+    with pytest.raises(UnsafeArchiveError, match=r"out: is a link"):
+        safe_extract(archive, dest)
+    with pytest.raises(UnsafeArchiveError, match=r"out: resolves to .*through a link"):
+        safe_extract(_tar(tmp_path / "6.tar", [_file("evil.txt")], "w"), dest / "out", within=dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_same_link_from_a_rerun_is_accepted(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar", [_file("d/f.txt"), _special("l", tarfile.SYMTYPE, "d")], "w")
+    safe_extract(archive, tmp_path / "set")
+    safe_extract(archive, tmp_path / "set")  # a killed run is replayed over what it left
+    assert (tmp_path / "set/l/f.txt").read_bytes() == b"x"

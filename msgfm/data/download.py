@@ -30,7 +30,7 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from tqdm import tqdm
 
-from msgfm.data.extract import safe_extract
+from msgfm.data.extract import require_real_folder, safe_extract
 from msgfm.data.marker import write_ready_marker
 from msgfm.data.sources import RemoteFile, Source, get_source
 from msgfm.errors import ChecksumError, DataError, ManualDownloadRequired
@@ -363,8 +363,9 @@ def _install(remote: RemoteFile, path: Path, target: Path) -> str:
     where = target / remote.subdir if remote.subdir else target
     if remote.extract:
         log.info("extracting %s into %s", path.name, where)
-        safe_extract(path, where)
+        safe_extract(path, where, within=target)
     else:
+        require_real_folder(where, target)
         where.mkdir(parents=True, exist_ok=True)
         tmp = where / f".{remote.name}.copying"
         shutil.copyfile(path, tmp)
