@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -266,3 +267,44 @@ def test_same_link_from_a_rerun_is_accepted(tmp_path: Path) -> None:
     safe_extract(archive, tmp_path / "set")
     safe_extract(archive, tmp_path / "set")  # a killed run is replayed over what it left
     assert (tmp_path / "set/l/f.txt").read_bytes() == b"x"
+
+
+def test_archive_unpacking_far_beyond_its_size_is_refused_before_writing(tmp_path: Path) -> None:
+    zeros = b"\0" * (8 << 20)  # 8 MiB of zeros compress to a few KiB
+    bomb = _tar(tmp_path / "bomb.tar.gz", [_file("zeros.bin", zeros)])
+    assert bomb.stat().st_size < 64 << 10
+    with pytest.raises(UnsafeArchiveError, match=r"bomb\.tar\.gz: unpacks to 8388608 bytes"):
+        safe_extract(bomb, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]
+    # A configured bound replaces the default one, both ways.
+    safe_extract(bomb, tmp_path / "out", max_bytes=8 << 20)
+    zipped = _zip(tmp_path / "small.zip", [("a.txt", b"abc" * 100, 0)])
+    with pytest.raises(UnsafeArchiveError, match=r"small\.zip: unpacks to 300 bytes, more than"):
+        safe_extract(zipped, tmp_path / "other", max_bytes=299)
+    assert not (tmp_path / "other").exists()
+
+
+def test_archive_larger_than_the_free_disk_space_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _tar(tmp_path / "a.tar", [_file("a.bin", b"x" * 5000)], "w")
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: real._replace(free=4999))
+    with pytest.raises(DataError, match=r"a\.tar: unpacks to 5000 bytes but only 4999 are free"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zip_member_larger_than_it_declares_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.bin", b"\0" * 100_000)
+    data = bytearray(archive.read_bytes())
+    # file_size sits at offset 22 of the local header and 24 of the central directory entry
+    for offset in (22, data.index(b"PK\x01\x02") + 24):
+        data[offset : offset + 4] = (10).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"liar\.zip: cannot read zip archive"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["liar.zip"]

@@ -28,6 +28,9 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 ZIP_SUFFIXES = (".zip",)
 # Symlink chains longer than this are treated as loops (Linux gives up after 40 as well).
 _MAX_LINK_DEPTH = 40
+# Default bound on extracted bytes per archive byte. The datasets' GeoTIFF archives expand by
+# well under 10x, label masks by some tens; a deflate bomb by about 1000x.
+MAX_EXPANSION = 200
 
 
 def is_archive(name: str) -> bool:
@@ -35,11 +38,16 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(TAR_SUFFIXES + ZIP_SUFFIXES)
 
 
-def safe_extract(archive: Path, dest: Path, *, within: Path | None = None) -> list[Path]:
+def safe_extract(
+    archive: Path, dest: Path, *, within: Path | None = None, max_bytes: int | None = None
+) -> list[Path]:
     """Validate every member of ``archive``, then extract it into ``dest`` (merging folders).
 
     ``within`` (default ``dest``) is the folder no link may lead out of: a dataset's archives
     share it, and a link one archive left there must not redirect what the next one writes.
+    The members' declared sizes must add up to at most ``max_bytes`` (default
+    :data:`MAX_EXPANSION` times the archive's size) and to less than the free disk space; the
+    readers never yield more than a member declares (zip members are then refused by their CRC).
     Returns the top-level paths inside ``dest`` that the archive created or merged into (not
     every file: a dataset archive can hold millions). Raises UnsafeArchiveError naming the
     archive and the member when any member is unsafe; nothing is written in that case.
@@ -51,7 +59,8 @@ def safe_extract(archive: Path, dest: Path, *, within: Path | None = None) -> li
     if name.endswith(ZIP_SUFFIXES):
         try:
             with zipfile.ZipFile(archive) as zf:
-                targets, links = _validate_zip(archive, zf)
+                targets, links, size = _validate_zip(archive, zf)
+                _check_size(archive, dest, size, max_bytes)
                 return _extract_then_move(
                     archive, dest, within, links, lambda tmp: _unpack_zip(zf, targets, tmp)
                 )
@@ -59,7 +68,8 @@ def safe_extract(archive: Path, dest: Path, *, within: Path | None = None) -> li
             # A cut download or a flipped byte: the file cannot be repaired, only fetched again.
             raise DataError(archive, f"cannot read zip archive ({exc}); delete it") from exc
     if name.endswith(TAR_SUFFIXES):
-        links = _validate_tar(archive)
+        links, size = _validate_tar(archive)
+        _check_size(archive, dest, size, max_bytes)
         return _extract_then_move(
             archive, dest, within, links, lambda tmp: _unpack_tar(archive, tmp)
         )
@@ -156,12 +166,14 @@ def _iter_tar(archive: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]
 _Link = tuple[str, tuple[str, ...], str]
 
 
-def _validate_tar(archive: Path) -> list[_Link]:
-    """Check every member; return the symlink members."""
+def _validate_tar(archive: Path) -> tuple[list[_Link], int]:
+    """Check every member; return the symlink members and the bytes the files declare."""
     symlinks: list[_Link] = []
     hardlinks, links = [], {}
+    size = 0
     for _, member in _iter_tar(archive):
         parts = _member_parts(archive, member.name)
+        size += member.size if member.isreg() else 0
         if member.issym():
             symlinks.append((member.name, parts, member.linkname))
             links[parts] = member.linkname
@@ -172,7 +184,7 @@ def _validate_tar(archive: Path) -> list[_Link]:
                 archive, f"member {member.name!r} is a device, fifo or other special file"
             )
     _check_links(archive, symlinks, hardlinks, links)
-    return symlinks
+    return symlinks, size
 
 
 def _unpack_tar(archive: Path, tmp: Path) -> None:
@@ -196,8 +208,9 @@ def _zip_mode(info: zipfile.ZipInfo) -> int:
 
 def _validate_zip(
     archive: Path, zf: zipfile.ZipFile
-) -> tuple[dict[zipfile.ZipInfo, str], list[_Link]]:
-    """Check every entry; return the symlink entries with their targets, and as :data:`_Link`.
+) -> tuple[dict[zipfile.ZipInfo, str], list[_Link], int]:
+    """Check every entry; return the symlink entries with their targets, as :data:`_Link`, and
+    the bytes the entries declare.
 
     A zip may hold one name twice (or a file and a folder below it); which copy wins would
     depend on the extractor, so such an archive is refused rather than unpacked either way.
@@ -235,7 +248,7 @@ def _validate_zip(
                     "which is a file; expected a folder",
                 )
     _check_links(archive, symlinks, [], link_map)
-    return targets, symlinks
+    return targets, symlinks, sum(info.file_size for info in zf.infolist())
 
 
 def _unpack_zip(zf: zipfile.ZipFile, links: dict[zipfile.ZipInfo, str], tmp: Path) -> None:
@@ -258,6 +271,21 @@ def _unpack_zip(zf: zipfile.ZipFile, links: dict[zipfile.ZipInfo, str], tmp: Pat
         mode = _zip_mode(info) & 0o755
         if mode:
             os.chmod(target, mode)
+
+
+def _check_size(archive: Path, dest: Path, size: int, max_bytes: int | None) -> None:
+    """Refuse an archive whose declared content exceeds the bound or the free disk space before
+    anything is written, so that a bomb cannot fill the disk a cluster's jobs share."""
+    bound = MAX_EXPANSION * archive.stat().st_size if max_bytes is None else max_bytes
+    if size > bound:
+        why = "the configured bound" if max_bytes is not None else f"{MAX_EXPANSION}x its size"
+        raise UnsafeArchiveError(
+            archive, f"unpacks to {size} bytes, more than {bound} ({why}); expected at most that"
+        )
+    existing = next(p for p in (dest, *dest.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if size >= free:
+        raise DataError(archive, f"unpacks to {size} bytes but only {free} are free in {existing}")
 
 
 def require_real_folder(folder: Path, root: Path) -> None:
