@@ -30,6 +30,7 @@ import pytest
 from msgfm.data import download as dl
 from msgfm.data import sources
 from msgfm.data.download import check_manual, download, fetch_dataset, prepare
+from msgfm.data.extract import is_archive
 from msgfm.data.sources import ManualInstructions, RemoteFile, Source
 from msgfm.data.verify import LOCK_FILE
 from msgfm.errors import ChecksumError, DataError, ManualDownloadRequired
@@ -412,7 +413,7 @@ def test_prepare_fetches_manual_archives_from_a_mirror(
 def _register(monkeypatch: pytest.MonkeyPatch, server: MirrorServer, files: dict) -> None:
     """Serve ``files`` (name -> (bytes, subdir)) as dataset ``linkset`` without md5s."""
     remote = tuple(
-        RemoteFile(name, f"https://example.invalid/{name}", None, name.endswith(".tar"), subdir)
+        RemoteFile(name, f"https://example.invalid/{name}", None, is_archive(name), subdir)
         for name, (_, subdir) in files.items()
     )
     source = Source("linkset", "Link set", "https://example.invalid", "nobody", remote)
@@ -548,3 +549,16 @@ def test_unverified_present_file_is_replaced_not_trusted(
     download(f"{server.url}/a.tar.gz", tmp_path / "a.tar.gz", progress=False)
     assert (tmp_path / "a.tar.gz").read_bytes() == good
     assert (tmp_path / "quarantine" / f"a.tar.gz.{_md5(LOGIN_PAGE)}.bad").is_file()
+
+
+def test_unreadable_archive_without_md5_is_not_locked_in(
+    monkeypatch: pytest.MonkeyPatch, server: MirrorServer, tmp_path: Path
+) -> None:
+    """Only its first download vouches for it: a broken one is dropped, the next run refetches."""
+    good = _zip_bytes({"top/a.tif": b"tile" * 1000})
+    _register(monkeypatch, server, {"pack.zip": (good[: len(good) // 2], "")})
+    with pytest.raises(DataError, match=r"pack\.zip: cannot read zip archive .*moved to"):
+        fetch_dataset("linkset", tmp_path, mirror=server.url, progress=False)
+    server.files["/linkset/pack.zip"] = good
+    fetch_dataset("linkset", tmp_path, mirror=server.url, progress=False)
+    assert (tmp_path / "linkset/top/a.tif").read_bytes() == b"tile" * 1000

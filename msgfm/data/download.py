@@ -34,7 +34,7 @@ from tqdm import tqdm
 from msgfm.data.extract import require_real_folder, safe_extract
 from msgfm.data.marker import write_ready_marker
 from msgfm.data.sources import RemoteFile, Source, get_source
-from msgfm.data.verify import digest_cache, file_md5, verify_file, write_json
+from msgfm.data.verify import digest_cache, file_md5, quarantine, verify_file, write_json
 from msgfm.errors import ChecksumError, DataError, ManualDownloadRequired
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,13 @@ def _install(remote: RemoteFile, path: Path, target: Path) -> str:
     where = target / remote.subdir if remote.subdir else target
     if remote.extract:
         log.info("extracting %s into %s", path.name, where)
-        safe_extract(path, where, within=target)
+        try:
+            safe_extract(path, where, within=target)
+        except DataError as exc:
+            if remote.md5 is not None:
+                raise  # the provider's own file: fetching it again would not help
+            bad = quarantine(path)
+            raise type(exc)(exc.path, f"{exc.problem}; moved to {bad}, fetch it again") from exc
     else:
         require_real_folder(where, target)
         where.mkdir(parents=True, exist_ok=True)

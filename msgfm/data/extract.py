@@ -66,7 +66,7 @@ def safe_extract(
                 )
         except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
             # A cut download or a flipped byte: the file cannot be repaired, only fetched again.
-            raise DataError(archive, f"cannot read zip archive ({exc}); delete it") from exc
+            raise DataError(archive, f"cannot read zip archive ({exc}); expected a whole zip") from exc
     if name.endswith(TAR_SUFFIXES):
         links, size = _validate_tar(archive)
         _check_size(archive, dest, size, max_bytes)

@@ -83,11 +83,26 @@ def verify_file(path: Path, md5: str | None, *, name: str | None = None) -> str:
         )
     if problem is None:
         return digests["md5"]
+    bad = quarantine(path, name=name)
+    raise ChecksumError(path.with_name(name), f"{problem}; moved to {bad}")
+
+
+def quarantine(path: Path, *, name: str | None = None) -> Path:
+    """Move ``path`` (to be called ``name``) to ``quarantine/<name>.<md5>.bad`` beside it, where
+    nothing picks it up, and forget the size and SHA-256 its first download recorded: a file
+    that proved broken must not vouch for the next one. Returns the new path."""
+    name = name or path.name
+    digests = file_digests(path)
     bad = path.parent / "quarantine" / f"{name}.{digests['md5']}.bad"
     bad.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, bad)
     digest_cache(path).unlink(missing_ok=True)
-    raise ChecksumError(path.with_name(name), f"{problem}; moved to {bad}")
+    lock = path.parent / LOCK_FILE
+    recorded = _read_lock(lock)
+    if recorded.get(name, {}).get("sha256") == digests["sha256"]:
+        del recorded[name]
+        write_json(lock, recorded)
+    return bad
 
 
 def _format_problem(path: Path, name: str) -> str | None:
@@ -108,12 +123,7 @@ def _format_problem(path: Path, name: str) -> str | None:
 def _check_lock(lock: Path, name: str, size: int, sha256: str) -> str | None:
     """Compare with the size and SHA-256 first recorded for ``name`` in ``lock``; record them
     when there are none yet (the first download is trusted, later ones must agree)."""
-    try:
-        recorded = json.loads(lock.read_text())
-    except FileNotFoundError:
-        recorded = {}
-    except ValueError as exc:
-        raise ChecksumError(lock, f"is not valid JSON ({exc}); fix or delete it") from exc
+    recorded = _read_lock(lock)
     seen = {"size": size, "sha256": sha256}
     expected = recorded.get(name)
     if expected is None:
@@ -127,6 +137,15 @@ def _check_lock(lock: Path, name: str, size: int, sha256: str) -> str | None:
         f"(recorded in {lock}; delete that entry if the provider really replaced the file), "
         f"got size {size} and sha256 {sha256}"
     )
+
+
+def _read_lock(lock: Path) -> dict[str, dict]:
+    try:
+        return json.loads(lock.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise ChecksumError(lock, f"is not valid JSON ({exc}); fix or delete it") from exc
 
 
 def write_json(path: Path, payload: dict) -> None:
