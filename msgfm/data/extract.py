@@ -50,7 +50,9 @@ def safe_extract(
     readers never yield more than a member declares (zip members are then refused by their CRC).
     Returns the top-level paths inside ``dest`` that the archive created or merged into (not
     every file: a dataset archive can hold millions). Raises UnsafeArchiveError naming the
-    archive and the member when any member is unsafe; nothing is written in that case.
+    archive and the member when any member is unsafe; nothing is written in that case, except
+    for a link that proves unsafe only against what the destination already holds: then the
+    archive's links are removed again and its plain files stay, never recorded as installed.
     """
     archive, dest = Path(archive), Path(dest)
     within = dest if within is None else Path(within)
