@@ -1,8 +1,10 @@
 """download / fetch_dataset / check_manual against an HTTP server on 127.0.0.1 run by the test.
 
-The server supports HTTP Range (SimpleHTTPRequestHandler does not), can ignore Range like some
-servers do, and can cut its next response after N bytes to simulate a dropped connection. It
-records every request so tests can assert what was asked for and how many bytes went out.
+The server supports HTTP Range and If-Range against an ETag and Last-Modified derived from the
+content (SimpleHTTPRequestHandler does neither), can ignore Range like some servers do, can cut
+its next response after N bytes to simulate a dropped connection (and then serve new content, as
+a remote file replaced meanwhile), and answers with a chosen content type. It records every
+request so tests can assert what was asked for and how many bytes went out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
@@ -27,7 +30,9 @@ import pytest
 from msgfm.data import download as dl
 from msgfm.data import sources
 from msgfm.data.download import check_manual, download, fetch_dataset, prepare
+from msgfm.data.extract import is_archive
 from msgfm.data.sources import ManualInstructions, RemoteFile, Source
+from msgfm.data.verify import LOCK_FILE
 from msgfm.errors import ChecksumError, DataError, ManualDownloadRequired
 
 
@@ -40,6 +45,8 @@ class MirrorServer(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.ignore_range = False
         self.cut_next_after: int | None = None
+        self.after_cut: dict[str, bytes] = {}
+        self.content_type = "application/octet-stream"
 
     @property
     def url(self) -> str:
@@ -55,6 +62,7 @@ class RangeHandler(BaseHTTPRequestHandler):
             "path": unquote(self.path),
             "range": self.headers.get("Range"),
             "auth": self.headers.get("Authorization"),
+            "if_range": self.headers.get("If-Range"),
             "sent": 0,
         }
         srv.requests.append(record)
@@ -62,8 +70,11 @@ class RangeHandler(BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404)
             return
+        etag = f'"{hashlib.md5(data).hexdigest()}"'
+        modified = formatdate(1_700_000_000 + sum(data[:64]), usegmt=True)
         start = 0
-        if record["range"] and not srv.ignore_range:
+        current = record["if_range"] in (None, etag, modified)
+        if record["range"] and current and not srv.ignore_range:
             start = int(record["range"].removeprefix("bytes=").split("-")[0])
             if start >= len(data):
                 self.send_response(416)
@@ -76,11 +87,15 @@ class RangeHandler(BaseHTTPRequestHandler):
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", srv.content_type)
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", modified)
         self.end_headers()
         cut, srv.cut_next_after = srv.cut_next_after, None
         if cut is not None:
             body = body[:cut]
             self.close_connection = True
+            srv.files.update(srv.after_cut)
         # Recorded before the write: the client can read it all and the test check the record
         # before this thread runs again.
         record["sent"] = len(body)
@@ -111,9 +126,9 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def _tar_gz(files: dict[str, bytes]) -> bytes:
+def _tar_gz(files: dict[str, bytes], mode: str = "w:gz") -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+    with tarfile.open(fileobj=buffer, mode=mode) as tf:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -126,7 +141,7 @@ def test_normal_download_is_verified_and_atomic(server: MirrorServer, tmp_path: 
     server.files["/a.bin"] = data
     dest = download(f"{server.url}/a.bin", tmp_path / "a.bin", md5=_md5(data), progress=False)
     assert dest.read_bytes() == data
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.bin.md5.json", "a.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.bin.digests.json", "a.bin"]
     assert [r["range"] for r in server.requests] == [None]
 
 
@@ -289,11 +304,11 @@ def test_fetch_dataset_rerun_after_crash_skips_finished_work(
     real_extract = dl.safe_extract
     extracted: list[str] = []
 
-    def crash_on_part2(archive: Path, dest: Path) -> list[Path]:
+    def crash_on_part2(archive: Path, dest: Path, within: Path) -> list[Path]:
         if archive.name == "part2.tar.gz":
             raise KeyboardInterrupt  # the job is killed while unpacking part2
         extracted.append(archive.name)
-        return real_extract(archive, dest)
+        return real_extract(archive, dest, within=within)
 
     monkeypatch.setattr(dl, "safe_extract", crash_on_part2)
     with pytest.raises(KeyboardInterrupt):
@@ -301,9 +316,9 @@ def test_fetch_dataset_rerun_after_crash_skips_finished_work(
     assert not (tmp_path / "tinyset/.msgfm-ready.json").exists()
     requests_before = len(server.requests)
 
-    def record(archive: Path, dest: Path) -> list[Path]:
+    def record(archive: Path, dest: Path, within: Path) -> list[Path]:
         extracted.append(archive.name)
-        return real_extract(archive, dest)
+        return real_extract(archive, dest, within=within)
 
     monkeypatch.setattr(dl, "safe_extract", record)
     marker = fetch_dataset("tinyset", tmp_path, mirror=server.url, progress=False)
@@ -393,3 +408,157 @@ def test_prepare_fetches_manual_archives_from_a_mirror(
     marker = prepare("handset", tmp_path, mirror=server.url)
     assert marker.is_file()
     assert (tmp_path / "handset/top/area2.tif").read_bytes() == b"tile2"
+
+
+def _register(monkeypatch: pytest.MonkeyPatch, server: MirrorServer, files: dict) -> None:
+    """Serve ``files`` (name -> (bytes, subdir)) as dataset ``linkset`` without md5s."""
+    remote = tuple(
+        RemoteFile(name, f"https://example.invalid/{name}", None, is_archive(name), subdir)
+        for name, (_, subdir) in files.items()
+    )
+    source = Source("linkset", "Link set", "https://example.invalid", "nobody", remote)
+    monkeypatch.setitem(sources.SOURCES, "linkset", source)
+    for name, (data, _) in files.items():
+        server.files[f"/linkset/{name}"] = data
+
+
+def _link_tar(name: str, target: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        tf.addfile(info)
+    return buffer.getvalue()
+
+
+def test_links_across_a_datasets_archives_cannot_escape_the_data_root(
+    monkeypatch: pytest.MonkeyPatch, server: MirrorServer, tmp_path: Path
+) -> None:
+    _register(
+        monkeypatch,
+        server,
+        {
+            "1.tar": (_link_tar("y", "."), ""),
+            "2.tar": (_link_tar("x", "y/.."), ""),
+            "3.tar": (_tar_gz({"evil.txt": b"x"}, "w"), "x"),  # would land above the data root
+        },
+    )
+    with pytest.raises(DataError, match=r"2\.tar: symlink member 'x' -> 'y/\.\.'"):
+        fetch_dataset("linkset", tmp_path / "data", mirror=server.url, progress=False)
+    assert not (tmp_path / "data/linkset/x").is_symlink()
+    assert not (tmp_path / "data/linkset/.msgfm-ready.json").exists()
+
+
+def test_a_link_in_the_dataset_folder_is_not_written_through(
+    monkeypatch: pytest.MonkeyPatch, server: MirrorServer, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "data/linkset").mkdir(parents=True)
+    (tmp_path / "data/linkset/splits").symlink_to(outside)  # left by an older version
+    _register(monkeypatch, server, {"train.csv": (b"a,b\n", "splits")})
+    with pytest.raises(DataError, match=r"splits: resolves to .* through a link"):
+        fetch_dataset("linkset", tmp_path / "data", mirror=server.url, progress=False)
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "data/linkset/.msgfm-ready.json").exists()
+
+
+def test_part_of_a_replaced_remote_file_is_not_resumed(
+    server: MirrorServer, tmp_path: Path
+) -> None:
+    """Old start + new end of a same-sized file would pass when no md5 is published."""
+    old, new = _payload(seed=1), _payload(seed=2)
+    server.files["/a.bin"] = old
+    server.cut_next_after = 20_000
+    server.after_cut = {"/a.bin": new}  # replaced on the server between two requests
+    download(f"{server.url}/a.bin", tmp_path / "a.bin", progress=False, backoff_s=0)
+    assert (tmp_path / "a.bin").read_bytes() == new
+    assert server.requests[1]["range"] == "bytes=20000-"
+    assert server.requests[1]["if_range"] == f'"{_md5(old)}"'
+    assert server.requests[1]["sent"] == len(new)
+
+
+def test_part_without_a_saved_validator_is_restarted_without_md5(
+    server: MirrorServer, tmp_path: Path
+) -> None:
+    old, new = _payload(seed=1), _payload(seed=2)
+    server.files["/a.bin"] = new
+    (tmp_path / "a.bin.part").write_bytes(old[:20_000])  # from a version that saved none
+    download(f"{server.url}/a.bin", tmp_path / "a.bin", progress=False)
+    assert (tmp_path / "a.bin").read_bytes() == new
+    assert server.requests[0]["range"] is None
+
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror/b.bin").write_bytes(new)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/b.bin.part").write_bytes(old[:20_000])
+    download((tmp_path / "mirror/b.bin").as_uri(), tmp_path / "out/b.bin", progress=False)
+    assert (tmp_path / "out/b.bin").read_bytes() == new
+
+
+def test_first_download_without_md5_is_locked_and_later_ones_checked(
+    server: MirrorServer, tmp_path: Path
+) -> None:
+    first, changed = _payload(seed=1), _payload(seed=2)
+    server.files["/a.bin"] = first
+    dest = tmp_path / "a.bin"
+    download(f"{server.url}/a.bin", dest, progress=False)
+    lock = json.loads((tmp_path / LOCK_FILE).read_text())
+    assert lock == {"a.bin": {"size": len(first), "sha256": hashlib.sha256(first).hexdigest()}}
+
+    dest.write_bytes(first[:-1] + b"!")  # changed on disk: quarantined, fetched again
+    download(f"{server.url}/a.bin", dest, progress=False)
+    assert dest.read_bytes() == first
+
+    dest.unlink()
+    server.files["/a.bin"] = changed  # the provider replaced it: refused, not silently used
+    with pytest.raises(ChecksumError, match=rf"a\.bin: expected size {len(first)} and sha256"):
+        download(f"{server.url}/a.bin", dest, progress=False)
+    assert not dest.exists()
+    assert (tmp_path / "quarantine" / f"a.bin.{_md5(changed)}.bad").read_bytes() == changed
+
+
+LOGIN_PAGE = b"<!DOCTYPE html>\n<html><body><form>Please log in</form></body></html>\n"
+
+
+def test_html_answer_is_never_saved_as_the_file(server: MirrorServer, tmp_path: Path) -> None:
+    server.files["/a.tar.gz"] = LOGIN_PAGE
+    server.content_type = "text/html; charset=utf-8"
+    with pytest.raises(DataError, match=r"a\.tar\.gz: .* answered with an HTML page"):
+        download(f"{server.url}/a.tar.gz", tmp_path / "a.tar.gz", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["a.tar.gz", "a.zip", "a.tar", "splits.csv"])
+def test_file_that_is_not_what_its_name_says_is_refused(
+    server: MirrorServer, tmp_path: Path, name: str
+) -> None:
+    server.files[f"/{name}"] = LOGIN_PAGE  # served as application/octet-stream
+    with pytest.raises(ChecksumError, match=rf"{name}: .*expected"):
+        download(f"{server.url}/{name}", tmp_path / name, progress=False)
+    assert not (tmp_path / name).exists()
+    assert (tmp_path / "quarantine" / f"{name}.{_md5(LOGIN_PAGE)}.bad").is_file()
+
+
+def test_unverified_present_file_is_replaced_not_trusted(
+    server: MirrorServer, tmp_path: Path
+) -> None:
+    good = _tar_gz({"a.tif": b"tile"})
+    server.files["/a.tar.gz"] = good
+    (tmp_path / "a.tar.gz").write_bytes(LOGIN_PAGE)  # kept by a version without these checks
+    download(f"{server.url}/a.tar.gz", tmp_path / "a.tar.gz", progress=False)
+    assert (tmp_path / "a.tar.gz").read_bytes() == good
+    assert (tmp_path / "quarantine" / f"a.tar.gz.{_md5(LOGIN_PAGE)}.bad").is_file()
+
+
+def test_unreadable_archive_without_md5_is_not_locked_in(
+    monkeypatch: pytest.MonkeyPatch, server: MirrorServer, tmp_path: Path
+) -> None:
+    """Only its first download vouches for it: a broken one is dropped, the next run refetches."""
+    good = _zip_bytes({"top/a.tif": b"tile" * 1000})
+    _register(monkeypatch, server, {"pack.zip": (good[: len(good) // 2], "")})
+    with pytest.raises(DataError, match=r"pack\.zip: cannot read zip archive .*moved to"):
+        fetch_dataset("linkset", tmp_path, mirror=server.url, progress=False)
+    server.files["/linkset/pack.zip"] = good
+    fetch_dataset("linkset", tmp_path, mirror=server.url, progress=False)
+    assert (tmp_path / "linkset/top/a.tif").read_bytes() == b"tile" * 1000

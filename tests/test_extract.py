@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -190,3 +191,120 @@ def test_unknown_suffix_and_corrupt_tar_raise_data_errors(tmp_path: Path) -> Non
     with pytest.raises(DataError, match="cannot read tar archive"):
         safe_extract(broken, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_truncated_or_corrupt_zip_is_one_clear_error(tmp_path: Path) -> None:
+    whole = _zip(tmp_path / "whole.zip", [("a.tif", b"abc" * 5000, 0)]).read_bytes()
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(whole[: len(whole) // 2])
+    flipped = tmp_path / "flipped.zip"  # the directory is intact, a data byte is not
+    flipped.write_bytes(whole[:40] + bytes([whole[40] ^ 0xFF]) + whole[41:])
+    for broken in (cut, flipped):
+        pattern = rf"{broken.name}: cannot read zip archive \(.+\); expected a whole zip"
+        with pytest.raises(DataError, match=pattern):
+            safe_extract(broken, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("a.tif", b"one", 0), ("a.tif", b"two", 0)],
+        [("l", b"x", stat.S_IFLNK | 0o777), ("./l", b"y", stat.S_IFLNK | 0o777)],
+        [("a", b"file", 0), ("a/b.tif", b"inside a file", 0)],
+    ],
+    ids=["file twice", "link twice", "file used as folder"],
+)
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_zip_holding_a_name_twice_is_refused(tmp_path: Path, members: list) -> None:
+    archive = _zip(tmp_path / "dup.zip", [("x/", b"", stat.S_IFDIR | 0o755), *members])
+    with pytest.raises(UnsafeArchiveError, match=r"dup\.zip: member .* (twice|a file)"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _link_tar(path: Path, *links: tuple[str, str]) -> Path:
+    return _tar(path, [_special(name, tarfile.SYMTYPE, target) for name, target in links], "w")
+
+
+def test_links_across_archives_cannot_escape(tmp_path: Path) -> None:
+    """Each archive is harmless alone; together ``x -> y/..`` would point above the dataset."""
+    dest = tmp_path / "data" / "set"
+    safe_extract(_link_tar(tmp_path / "1.tar", ("y", ".")), dest)
+    with pytest.raises(UnsafeArchiveError, match=r"2\.tar: symlink member 'x' -> 'y/\.\.'"):
+        safe_extract(_link_tar(tmp_path / "2.tar", ("x", "y/..")), dest)
+    assert not (dest / "x").is_symlink()
+    # In the other order the link would point at nothing yet, and turn outside later.
+    other = tmp_path / "data" / "other"
+    with pytest.raises(UnsafeArchiveError, match=r"'x' -> 'y/\.\.' .*nothing"):
+        safe_extract(_link_tar(tmp_path / "3.tar", ("x", "y/..")), other)
+    assert not (other / "x").is_symlink()
+
+
+def test_a_link_in_the_destination_is_never_replaced_or_written_through(tmp_path: Path) -> None:
+    dest = tmp_path / "set"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest.mkdir()
+    (dest / "sub").mkdir()
+    (dest / "y").symlink_to("sub")
+    (dest / "x").symlink_to("y/..")  # the dataset folder itself, for now
+    with pytest.raises(UnsafeArchiveError, match=r"y: is a link .*4\.tar"):
+        safe_extract(_link_tar(tmp_path / "4.tar", ("y", ".")), dest)
+    assert (dest / "y").readlink() == Path("sub")
+
+    (dest / "out").symlink_to(outside)  # e.g. left by a version without these checks
+    archive = _tar(tmp_path / "5.tar", [_file("out/evil.txt")], "w")
+    with pytest.raises(UnsafeArchiveError, match=r"out: is a link"):
+        safe_extract(archive, dest)
+    with pytest.raises(UnsafeArchiveError, match=r"out: resolves to .*through a link"):
+        safe_extract(_tar(tmp_path / "6.tar", [_file("evil.txt")], "w"), dest / "out", within=dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_same_link_from_a_rerun_is_accepted(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar", [_file("d/f.txt"), _special("l", tarfile.SYMTYPE, "d")], "w")
+    safe_extract(archive, tmp_path / "set")
+    safe_extract(archive, tmp_path / "set")  # a killed run is replayed over what it left
+    assert (tmp_path / "set/l/f.txt").read_bytes() == b"x"
+
+
+def test_archive_unpacking_far_beyond_its_size_is_refused_before_writing(tmp_path: Path) -> None:
+    zeros = b"\0" * (8 << 20)  # 8 MiB of zeros compress to a few KiB
+    bomb = _tar(tmp_path / "bomb.tar.gz", [_file("zeros.bin", zeros)])
+    assert bomb.stat().st_size < 64 << 10
+    with pytest.raises(UnsafeArchiveError, match=r"bomb\.tar\.gz: unpacks to 8388608 bytes"):
+        safe_extract(bomb, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]
+    # A configured bound replaces the default one, both ways.
+    safe_extract(bomb, tmp_path / "out", max_bytes=8 << 20)
+    zipped = _zip(tmp_path / "small.zip", [("a.txt", b"abc" * 100, 0)])
+    with pytest.raises(UnsafeArchiveError, match=r"small\.zip: unpacks to 300 bytes, more than"):
+        safe_extract(zipped, tmp_path / "other", max_bytes=299)
+    assert not (tmp_path / "other").exists()
+
+
+def test_archive_larger_than_the_free_disk_space_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _tar(tmp_path / "a.tar", [_file("a.bin", b"x" * 5000)], "w")
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: real._replace(free=4999))
+    with pytest.raises(DataError, match=r"a\.tar: unpacks to 5000 bytes but only 4999 are free"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zip_member_larger_than_it_declares_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.bin", b"\0" * 100_000)
+    data = bytearray(archive.read_bytes())
+    # file_size sits at offset 22 of the local header and 24 of the central directory entry
+    for offset in (22, data.index(b"PK\x01\x02") + 24):
+        data[offset : offset + 4] = (10).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"liar\.zip: cannot read zip archive"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["liar.zip"]

@@ -1,15 +1,16 @@
 """Fetch dataset archives over HTTP(S) or from a local mirror, verify them, and unpack them.
 
 Dataset archives are tens of gigabytes on shared cluster links, so a transfer that breaks must
-continue where it stopped (HTTP Range on ``<name>.part``), a file is only given its final name
-once complete and verified (``os.replace``), and a file whose md5 does not match is moved to
-``quarantine/`` where nothing picks it up. Only the standard library talks to the network.
+continue where it stopped (HTTP Range on ``<name>.part``, with If-Range so that a remote file
+replaced meanwhile is fetched whole instead of glued onto the old start), a file is only given
+its final name once complete and verified (``os.replace``; :mod:`msgfm.data.verify` says what
+verified means), and an HTML page is never saved as a data file. Only the standard library talks
+to the network.
 
 Layout: archives land in ``<data_root>/archives/<dataset>/``; their content goes to
 ``<data_root>/<dataset>/``, where one small JSON per installed archive (in ``.msgfm-installed/``)
 lets a rerun after a crash skip what is already unpacked, and ``.msgfm-ready.json`` is written
-last. md5s are cached next to the archives (``.<name>.md5.json``, keyed on size and mtime) so a
-rerun does not re-read 60 GB to confirm what it verified an hour ago.
+last.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from tqdm import tqdm
 
-from msgfm.data.extract import safe_extract
+from msgfm.data.extract import require_real_folder, safe_extract
 from msgfm.data.marker import write_ready_marker
 from msgfm.data.sources import RemoteFile, Source, get_source
+from msgfm.data.verify import digest_cache, file_md5, quarantine, verify_file, write_json
 from msgfm.errors import ChecksumError, DataError, ManualDownloadRequired
 
 log = logging.getLogger(__name__)
@@ -57,41 +59,6 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def file_md5(path: Path) -> str:
-    """md5 of ``path``, cached beside it while its size and mtime are unchanged."""
-    path = Path(path)
-    stat = path.stat()
-    cache = path.with_name(f".{path.name}.md5.json")
-    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    try:
-        cached = json.loads(cache.read_text())
-        if {k: cached.get(k) for k in key} == key:
-            return cached["md5"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    _write_json(cache, {**key, "md5": digest.hexdigest()})
-    return digest.hexdigest()
-
-
-def verify_md5(path: Path, md5: str | None, *, name: str | None = None) -> str:
-    """Return the md5 of ``path``; when it differs from ``md5``, move the file to
-    ``quarantine/<name>.<got>.bad`` beside it and raise ChecksumError."""
-    path = Path(path)
-    got = file_md5(path)
-    if md5 is None or got == md5.lower():
-        return got
-    name = name or path.name
-    bad = path.parent / "quarantine" / f"{name}.{got}.bad"
-    bad.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(path, bad)
-    path.with_name(f".{path.name}.md5.json").unlink(missing_ok=True)
-    raise ChecksumError(path.with_name(name), f"expected md5 {md5}, got {got}; moved to {bad}")
-
-
 def download(
     url: str,
     dest: Path,
@@ -104,15 +71,16 @@ def download(
 ) -> Path:
     """Download ``url`` (http, https or file) to ``dest``, resuming from ``<dest>.part``.
 
-    A present ``dest`` with the right md5 (or with none published) is kept as it is; one with
-    a wrong md5 is quarantined and fetched again. Retries
-    ``retries`` times in a row without progress, waiting ``backoff_s`` doubled each time.
+    A present ``dest`` that passes :func:`verify_file` is kept as it is; one that does not is
+    quarantined and fetched again. Without an md5, a part is only continued where the server
+    confirms (If-Range) that the file is the one it started. Retries ``retries`` times in a row
+    without progress, waiting ``backoff_s`` doubled each time.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file():
         try:
-            verify_md5(dest, md5)
+            verify_file(dest, md5)
             log.info("%s: already present and verified", dest)
             return dest
         except ChecksumError as exc:
@@ -121,24 +89,27 @@ def download(
     scheme = urlsplit(url).scheme.lower()
     log.info("downloading %s -> %s", redact(url), dest)
     if scheme == "file":
-        _copy_local(url, part, dest)
+        _copy_local(url, part, dest, resume=md5 is not None)
     elif scheme in ("http", "https"):
-        _fetch_http(url, part, progress, retries, backoff_s, timeout_s)
+        _fetch_http(url, part, md5 is not None, progress, retries, backoff_s, timeout_s)
     else:
         raise DataError(dest, f"cannot fetch {redact(url)}: only http(s):// and file:// work")
-    verify_md5(part, md5, name=dest.name)
+    _validator_file(part).unlink(missing_ok=True)  # the part is complete: no resume any more
+    verify_file(part, md5, name=dest.name)
     os.replace(part, dest)
-    # A rename keeps size and mtime, so the md5 just computed stays valid for the final name.
-    os.replace(part.with_name(f".{part.name}.md5.json"), dest.with_name(f".{dest.name}.md5.json"))
+    # A rename keeps size and mtime, so the digests just computed stay valid for the final name.
+    os.replace(digest_cache(part), digest_cache(dest))
     return dest
 
 
-def _copy_local(url: str, part: Path, dest: Path) -> None:
+def _copy_local(url: str, part: Path, dest: Path, *, resume: bool) -> None:
+    """Copy a file:// mirror's file, continuing a part only where an md5 will check the result
+    (a local file has no validator that says the part came from the same version)."""
     parts = urlsplit(url)
     source = Path(unquote(parts.path))
     if parts.netloc not in ("", "localhost") or not source.is_file():
         raise DataError(source, f"mirror file for {dest.name} not found ({redact(url)})")
-    offset = part.stat().st_size if part.is_file() else 0
+    offset = part.stat().st_size if resume and part.is_file() else 0
     if offset > source.stat().st_size:
         offset = 0
     with open(source, "rb") as src, open(part, "r+b" if offset else "wb") as out:
@@ -148,9 +119,10 @@ def _copy_local(url: str, part: Path, dest: Path) -> None:
         shutil.copyfileobj(src, out, CHUNK)
 
 
-def _request(url: str, offset: int) -> urllib.request.Request:
-    """A GET for ``url`` from byte ``offset``; credentials in the URL become a Basic header that
-    urllib does not forward when a redirect leads to another host."""
+def _request(url: str, offset: int, if_range: str | None) -> urllib.request.Request:
+    """A GET for ``url`` from byte ``offset`` if the remote still matches ``if_range``;
+    credentials in the URL become a Basic header that urllib does not forward when a redirect
+    leads to another host."""
     parts = urlsplit(url)
     request = urllib.request.Request(urlunsplit(parts._replace(netloc=_host(parts))))
     if parts.username is not None:
@@ -160,7 +132,27 @@ def _request(url: str, offset: int) -> urllib.request.Request:
         )
     if offset:
         request.add_header("Range", f"bytes={offset}-")
+        if if_range:
+            request.add_header("If-Range", if_range)
     return request
+
+
+def _validator_file(part: Path) -> Path:
+    """Where the ETag/Last-Modified of the response that started ``part`` are kept."""
+    return part.with_name(f".{part.name}.validator.json")
+
+
+def _if_range(part: Path) -> str | None:
+    """The If-Range value saved beside ``part``: a strong ETag, else the Last-Modified date
+    (a weak ETag cannot be used for ranges)."""
+    try:
+        saved = json.loads(_validator_file(part).read_text())
+    except (OSError, ValueError):
+        return None
+    etag = saved.get("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return saved.get("last_modified")
 
 
 def _host(parts: SplitResult) -> str:
@@ -171,14 +163,26 @@ def _host(parts: SplitResult) -> str:
 
 
 def _fetch_http(
-    url: str, part: Path, progress: bool, retries: int, backoff_s: float, timeout_s: float
+    url: str,
+    part: Path,
+    checked: bool,
+    progress: bool,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
 ) -> None:
+    """Fetch ``url`` into ``part``, retrying; a part is continued only under If-Range, or
+    without a saved validator when ``checked`` (an md5 will catch a mismatch)."""
     dest = part.with_name(part.name.removesuffix(".part"))
     failures = 0
     while True:
+        if_range = _if_range(part)
+        if part.is_file() and if_range is None and not checked:
+            log.info("%s: no ETag or date saved for it; starting over", part)
+            part.unlink()
         before = part.stat().st_size if part.is_file() else 0
         try:
-            _transfer(url, part, before, progress, timeout_s)
+            _transfer(url, part, before, if_range, progress, timeout_s)
             return
         except urllib.error.HTTPError as exc:
             if exc.code not in _RETRY_STATUS:
@@ -197,10 +201,13 @@ def _fetch_http(
         time.sleep(wait)
 
 
-def _transfer(url: str, part: Path, offset: int, progress: bool, timeout_s: float) -> None:
-    """One request; appends to ``part`` when the server honours Range, else starts over."""
+def _transfer(
+    url: str, part: Path, offset: int, if_range: str | None, progress: bool, timeout_s: float
+) -> None:
+    """One request; appends to ``part`` when the server honours Range (and the If-Range
+    validator still matches), else starts over and saves the new response's validator."""
     try:
-        response = urllib.request.urlopen(_request(url, offset), timeout=timeout_s)
+        response = urllib.request.urlopen(_request(url, offset, if_range), timeout=timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code != 416 or not offset:
             raise
@@ -211,6 +218,12 @@ def _transfer(url: str, part: Path, offset: int, progress: bool, timeout_s: floa
         part.unlink()
         raise _Interrupted(f"local part ({offset} bytes) does not fit the remote file") from exc
     with response:
+        if response.headers.get_content_type() == "text/html":
+            raise DataError(
+                part.with_name(part.name.removesuffix(".part")),
+                f"{redact(url)} answered with an HTML page, not the file "
+                "(a login or error page?); check the URL or the mirror",
+            )
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
         start = offset if response.status == 206 else 0
@@ -219,8 +232,12 @@ def _transfer(url: str, part: Path, offset: int, progress: bool, timeout_s: floa
             if not first.split("-")[0].isdigit() or int(first.split("-")[0]) != offset:
                 part.unlink()
                 raise _Interrupted(f"server answered range {first!r} for bytes={offset}-")
-        elif offset:
-            log.info("%s ignores HTTP Range; restarting from byte 0", redact(url))
+        else:
+            if offset:
+                log.info("%s: remote file changed or Range ignored; restarting", redact(url))
+            headers = response.headers
+            validator = {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified")}
+            write_json(_validator_file(part), validator)
         total = start + length if length is not None else None
         received = start
         with (
@@ -287,7 +304,7 @@ def check_manual(dataset: str, data_root: Path) -> Path:
     if not missing:
         placed = []
         for f in manual.files:
-            verify_md5(archives / f.name, f.md5)
+            verify_file(archives / f.name, f.md5)
             placed.append((f, archives / f.name))
         return _install_all(source, placed, data_root, origin="archives placed by hand")
     if all((target / entry).exists() for entry in manual.layout):
@@ -363,18 +380,18 @@ def _install(remote: RemoteFile, path: Path, target: Path) -> str:
     where = target / remote.subdir if remote.subdir else target
     if remote.extract:
         log.info("extracting %s into %s", path.name, where)
-        safe_extract(path, where)
+        try:
+            safe_extract(path, where, within=target)
+        except DataError as exc:
+            if remote.md5 is not None:
+                raise  # the provider's own file: fetching it again would not help
+            bad = quarantine(path)
+            raise type(exc)(exc.path, f"{exc.problem}; moved to {bad}, fetch it again") from exc
     else:
+        require_real_folder(where, target)
         where.mkdir(parents=True, exist_ok=True)
         tmp = where / f".{remote.name}.copying"
         shutil.copyfile(path, tmp)
         os.replace(tmp, where / remote.name)
-    _write_json(record, {"file": remote.name, "md5": md5, "installed": time.time()})
+    write_json(record, {"file": remote.name, "md5": md5, "installed": time.time()})
     return md5
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
