@@ -63,13 +63,14 @@ def job_config(shards: Path, results: Path, **pretrain: object) -> dict:
 
 
 def run_job(
-    config: dict, out: Path, *, launcher: list[str] | None = None, new_session: bool = False
-) -> subprocess.Popen:
+    config: dict, out: Path, *, launcher: list[str] | None = None, new_session: bool = False,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:  # fmt: skip
     command = [*(launcher or [sys.executable, "-m", "msgfm"]), "pretrain"]
     command += ["--config-json", json.dumps(config), "--out", str(out)]
     log = open(out.parent / f"{out.name}.log", "a")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        command, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True,
+        command, env={**ENV, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, text=True,
         start_new_session=new_session,
     )  # fmt: skip
 
@@ -80,7 +81,11 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(shards, tmp_path):
     out = tmp_path / "run"
-    proc = run_job(job_config(shards, tmp_path), out)
+    # The config names a tracking server with its password; the environment's store wins
+    # (msgfm.tracking.resolve_tracking_uri), and the password is recorded nowhere.
+    config = {**job_config(shards, tmp_path), "tracking_uri": "http://bob:s3cret@mlflow.x:5000"}
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    proc = run_job(config, out, env=store)
     assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 8
@@ -115,6 +120,11 @@ def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(shard
     assert metrics["device_hours"] > 0
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"encoder.pt", "config.json", "metrics.json", "figures"} <= artifacts
+    redacted = "http://***@mlflow.x:5000"
+    assert runs[0].data.params["tracking_uri"] == json.dumps(redacted)
+    assert json.loads((out / "config.json").read_text())["tracking_uri"] == redacted
+    stored = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()]
+    assert not [blob for blob in stored if b"s3cret" in blob]
 
 
 def test_a_job_honours_the_speed_switches_and_survives_a_failing_compile(

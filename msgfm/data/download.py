@@ -34,6 +34,7 @@ from msgfm.data.extract import safe_extract
 from msgfm.data.marker import write_ready_marker
 from msgfm.data.sources import RemoteFile, Source, get_source
 from msgfm.errors import ChecksumError, DataError, ManualDownloadRequired
+from msgfm.redaction import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +46,6 @@ _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 class _Interrupted(Exception):
     """The connection ended before the announced number of bytes arrived."""
-
-
-def redact(url: str) -> str:
-    """``url`` without user:password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def file_md5(path: Path) -> str:
@@ -119,13 +110,13 @@ def download(
             log.warning("%s; downloading it again", exc)
     part = dest.with_name(dest.name + ".part")
     scheme = urlsplit(url).scheme.lower()
-    log.info("downloading %s -> %s", redact(url), dest)
+    log.info("downloading %s -> %s", redact_url(url), dest)
     if scheme == "file":
         _copy_local(url, part, dest)
     elif scheme in ("http", "https"):
         _fetch_http(url, part, progress, retries, backoff_s, timeout_s)
     else:
-        raise DataError(dest, f"cannot fetch {redact(url)}: only http(s):// and file:// work")
+        raise DataError(dest, f"cannot fetch {redact_url(url)}: only http(s):// and file:// work")
     verify_md5(part, md5, name=dest.name)
     os.replace(part, dest)
     # A rename keeps size and mtime, so the md5 just computed stays valid for the final name.
@@ -137,7 +128,7 @@ def _copy_local(url: str, part: Path, dest: Path) -> None:
     parts = urlsplit(url)
     source = Path(unquote(parts.path))
     if parts.netloc not in ("", "localhost") or not source.is_file():
-        raise DataError(source, f"mirror file for {dest.name} not found ({redact(url)})")
+        raise DataError(source, f"mirror file for {dest.name} not found ({redact_url(url)})")
     offset = part.stat().st_size if part.is_file() else 0
     if offset > source.stat().st_size:
         offset = 0
@@ -182,7 +173,7 @@ def _fetch_http(
             return
         except urllib.error.HTTPError as exc:
             if exc.code not in _RETRY_STATUS:
-                problem = f"{redact(url)} answered HTTP {exc.code} {exc.reason}"
+                problem = f"{redact_url(url)} answered HTTP {exc.code} {exc.reason}"
                 raise DataError(dest, problem) from exc
             error: Exception = exc
         except (urllib.error.URLError, HTTPException, OSError, _Interrupted) as exc:
@@ -190,10 +181,10 @@ def _fetch_http(
         now = part.stat().st_size if part.is_file() else 0
         failures = 0 if now > before else failures + 1
         if failures > retries:
-            problem = f"giving up on {redact(url)} after {retries} retries: {error}"
+            problem = f"giving up on {redact_url(url)} after {retries} retries: {error}"
             raise DataError(dest, problem)
         wait = min(backoff_s * 2 ** max(failures - 1, 0), 300.0)
-        log.warning("%s: %s; retrying from byte %d in %.0f s", redact(url), error, now, wait)
+        log.warning("%s: %s; retrying from byte %d in %.0f s", redact_url(url), error, now, wait)
         time.sleep(wait)
 
 
@@ -220,7 +211,7 @@ def _transfer(url: str, part: Path, offset: int, progress: bool, timeout_s: floa
                 part.unlink()
                 raise _Interrupted(f"server answered range {first!r} for bytes={offset}-")
         elif offset:
-            log.info("%s ignores HTTP Range; restarting from byte 0", redact(url))
+            log.info("%s ignores HTTP Range; restarting from byte 0", redact_url(url))
         total = start + length if length is not None else None
         received = start
         with (
