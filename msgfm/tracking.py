@@ -367,6 +367,11 @@ class TrackedRun:
     :meth:`flush` waits for them. The other calls are rare and synchronous, and flush first, so
     that the store sees the run's calls in the order the job made them (no run is terminated
     with points still queued).
+
+    A job killed outright (SIGKILL, a node lost) leaves its run RUNNING, with points logged
+    after its last checkpoint. Its rerun continues that run and retrains those steps: their
+    points are in the store already and are not logged again (:meth:`log_metrics`); if the
+    config changed meanwhile, the new run closes the old one as KILLED.
     """
 
     def __init__(
@@ -384,6 +389,7 @@ class TrackedRun:
     ) -> None:
         self.enabled = enabled
         self.run_id: str | None = None
+        self._stored_through: dict[str, int] = {}  # metric -> last step the store holds
         if not enabled:
             return
         import mlflow
@@ -402,6 +408,7 @@ class TrackedRun:
             previous = json.loads(id_file.read_text())
             if previous["config_hash"] != config_hash:
                 log.info("config changed since MLflow run %s: new run", previous["run_id"])
+                self._close_if_abandoned(previous["run_id"])
             elif self._resume(previous["run_id"]):
                 return
             else:  # the job moved to another store (e.g. from SQLite to a tracking server)
@@ -426,9 +433,34 @@ class TrackedRun:
                 raise
             return False
         self.run_id = run_id
+        self._stored_through = self._last_steps()
         self._link_resumption()
         log.info("resuming MLflow run %s", run_id)
         return True
+
+    def _last_steps(self) -> dict[str, int]:
+        """The last step of each metric the run holds: a killed job logged past the checkpoint
+        its rerun starts from."""
+        keys = _retry(lambda: self._client.get_run(self.run_id)).data.metrics
+        history = self._client.get_metric_history
+        return {
+            key: max(point.step for point in _retry(lambda key=key: history(self.run_id, key)))
+            for key in keys
+        }
+
+    def _close_if_abandoned(self, run_id: str) -> None:
+        """Mark KILLED a run of this job left RUNNING (its process died without closing it),
+        now that a new config replaces it; a finished run stays as it is."""
+        import mlflow
+
+        try:
+            status = _retry(lambda: self._client.get_run(run_id)).info.status
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return
+        if status == "RUNNING":
+            _retry(lambda: self._client.set_terminated(run_id, status="KILLED"))
 
     def _link_resumption(self) -> None:
         """Record the invocation that continues this run (a run keeps its creator's tag)."""
@@ -441,13 +473,22 @@ class TrackedRun:
             self.set_tags({RESUMED_TAG: ",".join([*earlier, workflow_run])})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue the points of one step and return at once (:meth:`flush` writes them)."""
-        if not self.enabled or not metrics:
+        """Queue the points of one step and return at once (:meth:`flush` writes them). A point
+        at a step its metric already reached in the store (a killed job's rerun) is dropped:
+        each step is logged once (on CPU the retrained values are bitwise the same)."""
+        if not self.enabled:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._metrics.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
+        stored = self._stored_through
+        points = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if k not in stored or step > stored[k]
+        ]
+        if points:
+            self._metrics.put(points)
 
     def _write_metrics(self, batch: list[Any]) -> None:
         _retry(lambda: self._client.log_batch(self.run_id, metrics=batch))

@@ -186,16 +186,37 @@ def test_a_killed_run_resumes_to_bitwise_identical_weights(shards, tmp_path, sig
     checkpointed = (interrupted / "checkpoints" / "last.pt").is_file()
     assert checkpointed or sig == signal.SIGKILL
     # Where it reads and writes is not the job's identity: resumed from copied shards into
-    # another results folder (another MLflow store), it continues from its checkpoint.
+    # another results folder (another MLflow store), it continues from its checkpoint. The
+    # SIGKILLed job resumes in place, where its run was left RUNNING with points logged past
+    # the checkpoint, and a kill during torch.save would have left a partial file.
     moved = json.loads(json.dumps(config))
-    moved["shards_root"] = str(shutil.copytree(shards, tmp_path / "shards-copy"))
-    moved["results_root"] = str(tmp_path / "moved-results")
+    if sig == signal.SIGTERM:
+        moved["shards_root"] = str(shutil.copytree(shards, tmp_path / "shards-copy"))
+        moved["results_root"] = str(tmp_path / "moved-results")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    partial = interrupted / "checkpoints" / f".last.pt.tmp-{dead.pid}"
+    partial.write_bytes(b"half a checkpoint")
     assert run_job(moved, interrupted).wait(timeout=600) == 0, log.read_text()[-3000:]
     assert ("resuming at epoch" in log.read_text()) == checkpointed
+    assert not partial.exists()
     expected, resumed = weights(reference), weights(interrupted)
     assert expected.keys() == resumed.keys()
     for name, value in expected.items():
         assert torch.equal(value, resumed[name]), name
+    if sig == signal.SIGKILL:
+        import mlflow
+
+        from msgfm.tracking import read_run_id
+
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        run = client.get_run(read_run_id(interrupted))
+        assert run.info.status == "FINISHED"
+        for key in run.data.metrics:  # each step once, though steps past 3 ran twice
+            steps = [point.step for point in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), key
+        loss = client.get_metric_history(run.info.run_id, "loss")
+        assert sorted(point.step for point in loss) == list(range(1, 9))
 
 
 def test_a_changed_config_restarts_and_keeps_the_old_checkpoint(shards, tmp_path):

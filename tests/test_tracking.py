@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import signal
 import subprocess
 import sys
 import threading
@@ -96,6 +97,60 @@ def test_a_resumed_job_continues_the_same_run(tmp_path: Path, monkeypatch) -> No
     assert stored.info.status == "FINISHED"
     changed = open_run(tmp_path, tmp_path / "job", config="c2")
     assert changed.run_id != run.run_id  # another config is another run, the old one stays
+
+
+def _killed_job(results: Path, steps: range) -> str:
+    """A job that logs ``steps`` (written: the checkpoint flushed them) and is SIGKILLed: no
+    finish(), no exit handler. Returns its run id."""
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from test_tracking import open_run
+run = open_run(Path({str(results)!r}), Path({str(results / "job")!r}))
+for step in {list(steps)!r}:
+    run.log_metrics({{"loss": float(step)}}, step=step)
+run.flush()
+print(run.run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    repo = Path(__file__).resolve().parents[1]
+    killed = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return killed.stdout.split()[-1]
+
+
+def test_a_job_resumed_after_sigkill_logs_each_step_once(tmp_path: Path, monkeypatch) -> None:
+    """Killed at step 5 after a checkpoint at step 3, the rerun trains steps 4 to 8 again:
+    the points of steps 4 and 5 are in the store already and are not logged twice."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_id = _killed_job(tmp_path, range(1, 6))
+    client = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path))
+    assert client.get_run(run_id).info.status == "RUNNING"  # nothing ran to close it
+    again = open_run(tmp_path, tmp_path / "job")
+    assert again.run_id == run_id
+    for step in range(4, 9):
+        again.log_metrics({"loss": float(step), "lr": 0.1}, step=step)
+    again.finish()
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [m.step for m in client.get_metric_history(run_id, "lr")] == [4, 5, 6, 7, 8]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_killed_run_superseded_by_a_new_config_is_closed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_id = _killed_job(tmp_path, range(1, 3))
+    changed = open_run(tmp_path, tmp_path / "job", config="c2")
+    assert changed.run_id != run_id
+    client = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path))
+    assert client.get_run(run_id).info.status == "KILLED"  # not RUNNING forever
+    changed.finish()
+    finished = open_run(tmp_path, tmp_path / "job", config="c3")
+    assert client.get_run(changed.run_id).info.status == "FINISHED"  # a finished run stays so
+    finished.finish()
 
 
 def test_log_metrics_does_not_wait_for_the_store(tmp_path: Path, monkeypatch) -> None:
