@@ -248,7 +248,8 @@ def start_workflow_run(
     run_id = run.info.run_id
     _log_params(client, run_id, config)
     _retry(lambda: client.log_dict(run_id, redact(config), "config.json"))
-    _retry(lambda: client.log_text(run_id, "\n".join(targets) + "\n", "targets.txt"))
+    listing = redact_text("\n".join(targets)) + "\n"  # a target may be a remote file's URL
+    _retry(lambda: client.log_text(run_id, listing, "targets.txt"))
     return run_id
 
 

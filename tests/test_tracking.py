@@ -370,8 +370,9 @@ def test_no_credential_reaches_the_store(tmp_path: Path, monkeypatch) -> None:
     uri = resolve_tracking_uri(None, results)
     config = {"data": {"mirror": MIRROR}, "tracking_uri": TRACKING, "seed": 0}
     command = f"snakemake --config data.mirror={MIRROR} tracking_uri={TRACKING}"
+    targets = ["all", f"{MIRROR}/file"]  # a remote file (Snakemake's storage plugins)
     parent = start_workflow_run(
-        uri, results, ["table6"], config=config, targets=["all"], command=command
+        uri, results, ["table6"], config=config, targets=targets, command=command
     )
     monkeypatch.setenv(WORKFLOW_RUN_ENV, parent)
     job = TrackedRun(
