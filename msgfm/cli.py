@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from msgfm.errors import MsgfmError
-from msgfm.redaction import RedactingFilter, redact_text
+from msgfm.redaction import RedactingFilter, print_redacted_traceback, redact_text
 from msgfm.train.resources import rank_threads
 
 Handler = Callable[[argparse.Namespace], object]
@@ -293,14 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: bool) -> None:
-    """Log lines to stderr, every URL in them redacted: job logs are kept and shared, and a
-    mirror's or tracking server's URL may carry a password or token (msgfm.redaction)."""
+    """Log lines (and a crash's traceback) to stderr, every URL in them redacted: job logs are
+    kept and shared, and a mirror's or tracking server's URL may carry a password or token
+    (msgfm.redaction)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
+    sys.excepthook = print_redacted_traceback  # and the traceback of a crash
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+import traceback
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -75,3 +78,11 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = redact_text(record.getMessage()), None
         return True
+
+
+def print_redacted_traceback(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
+    """``sys.excepthook`` of the CLI: the traceback of an error nobody caught, every URL in it
+    redacted (MLflow's error for an unreachable server names its URL, password included)."""
+    sys.stderr.write(redact_text("".join(traceback.format_exception(kind, error, trace))))

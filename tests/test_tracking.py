@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import signal
 import subprocess
 import sys
@@ -416,3 +417,19 @@ logging.getLogger("msgfm.tracking").warning("run is not in %s, mirror %s", {TRAC
     )  # fmt: skip
     assert redact_url(MIRROR) in done.stderr and "db.internal" in done.stderr
     assert not [secret for secret in SECRETS if secret in done.stderr]
+
+
+def test_a_tracking_server_error_does_not_print_its_password(tmp_path: Path) -> None:
+    """MLflow names the server's URL, userinfo included, in the error a job dies with."""
+    server = "http://bob:s3cret@127.0.0.1:9"  # nothing listens on the discard port
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    failed = subprocess.run(
+        [sys.executable, "-m", "msgfm", "workflow-finish", "--tracking-uri", server,
+         "--results-root", str(tmp_path), "--run-id", "abc", "--status", "FINISHED"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert failed.returncode != 0
+    assert "http://***@127.0.0.1:9/api/" in failed.stderr  # the traceback, its URL masked
+    assert "s3cret" not in failed.stderr
