@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from msgfm.errors import MsgfmError
+from msgfm.redaction import RedactingFilter, print_redacted_traceback, redact_text
 from msgfm.train.resources import rank_threads
 
 Handler = Callable[[argparse.Namespace], object]
@@ -291,6 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """Log lines (and a crash's traceback) to stderr, every URL in them redacted: job logs are
+    kept and shared, and a mirror's or tracking server's URL may carry a password or token
+    (msgfm.redaction)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+    sys.excepthook = print_redacted_traceback  # and the traceback of a crash
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     threads = rank_threads(args.threads)
@@ -299,10 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         if "torch" in sys.modules:  # main() called from Python that already has torch
             sys.modules["torch"].set_num_threads(threads)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     from msgfm.train.preemption import EXIT_REQUEUE, Preempted
 
     try:
@@ -311,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"msgfm {args.verb}: {exc}; run it again to resume", file=sys.stderr)
         return EXIT_REQUEUE
     except MsgfmError as exc:
-        print(f"msgfm {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"msgfm {args.verb}: error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     if isinstance(result, ExitStatus):
         return int(result)

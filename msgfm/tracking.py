@@ -14,6 +14,10 @@ pretraining runs, the finetuning runs that start from them and a ``tables`` run 
 written tables; ``msgfm-workflow`` holds one parent run per ``snakemake`` invocation. Jobs are
 linked to that parent by a tag rather than nested with ``mlflow.parentRunId``: the UI nests runs
 only inside one experiment, and a job's experiment is its table's.
+
+Nothing recorded holds a credential: every param, tag and text artifact goes through
+:func:`msgfm.redaction.redact` (a mirror's password, a signed link's token, the tracking
+server's database password in ``tracking_uri``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, TypeVar
 
 from msgfm.errors import MsgfmError
 from msgfm.metric_writer import MetricWriter
+from msgfm.redaction import redact, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,7 +87,7 @@ def check_cluster_store(uri: str, cluster_jobs: int | None, *, sqlite_allowed: b
     if not uri.startswith("sqlite:") or not on_cluster or sqlite_allowed:
         return
     raise ClusterStoreError(
-        f"tracking_uri: {uri} is an SQLite file, but this run sends jobs to a cluster "
+        f"tracking_uri: {redact_url(uri)} is an SQLite file, but this run sends jobs to a cluster "
         "(--jobs > 1), each of which may write to it from another node; expected an MLflow "
         "server (tracking_uri=http://HOST:PORT or MLFLOW_TRACKING_URI), because SQLite's locks "
         "on a shared filesystem are slow or broken. Start one backed by PostgreSQL (README.md, "
@@ -186,10 +191,10 @@ def table_experiment(table: str) -> str:
 
 
 def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
-    """A nested config as params, in batches within MLflow's 100-per-call limit."""
+    """A nested config as params (redacted), in batches within MLflow's 100-per-call limit."""
     from mlflow.entities import Param
 
-    items = list(flatten(params).items())
+    items = list(flatten(redact(params)).items())
     for start in range(0, len(items), 100):
         chunk = [Param(k, v) for k, v in items[start : start + 100]]
         _retry(lambda chunk=chunk: client.log_batch(run_id, params=chunk))
@@ -197,12 +202,18 @@ def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
 
 def _log_paths(client: Any, run_id: str, paths: Iterable[str | Path]) -> None:
     """Files as top-level artifacts, folders under their own name; missing paths are skipped
-    (a failed invocation may not have written its tables)."""
+    (a failed invocation may not have written its tables). A text file is uploaded redacted:
+    Snakemake's log holds every shell command it ran, mirror URLs included."""
     for path in map(Path, paths):
         if path.is_dir():
             _retry(lambda path=path: client.log_artifacts(run_id, str(path), path.name))
         elif path.is_file():
-            _retry(lambda path=path: client.log_artifact(run_id, str(path)))
+            try:
+                text = redact_text(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                _retry(lambda path=path: client.log_artifact(run_id, str(path)))
+                continue
+            _retry(lambda path=path, text=text: client.log_text(run_id, text, path.name))
 
 
 def start_workflow_run(
@@ -229,15 +240,16 @@ def start_workflow_run(
     tags = {
         "config_hash": config_hash(config),
         "git_commit": git_commit(),
-        "targets": " ".join(targets)[:5000],
-        "command": command[:5000],
+        "targets": redact_text(" ".join(targets))[:5000],
+        "command": redact_text(command)[:5000],
     }
     name = f"snakemake {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC"
     run = _retry(lambda: client.create_run(experiment_id, run_name=name, tags=tags))
     run_id = run.info.run_id
     _log_params(client, run_id, config)
-    _retry(lambda: client.log_dict(run_id, dict(config), "config.json"))
-    _retry(lambda: client.log_text(run_id, "\n".join(targets) + "\n", "targets.txt"))
+    _retry(lambda: client.log_dict(run_id, redact(config), "config.json"))
+    listing = redact_text("\n".join(targets)) + "\n"  # a target may be a remote file's URL
+    _retry(lambda: client.log_text(run_id, listing, "targets.txt"))
     return run_id
 
 
@@ -356,6 +368,11 @@ class TrackedRun:
     :meth:`flush` waits for them. The other calls are rare and synchronous, and flush first, so
     that the store sees the run's calls in the order the job made them (no run is terminated
     with points still queued).
+
+    A job killed outright (SIGKILL, a node lost) leaves its run RUNNING, with points logged
+    after its last checkpoint. Its rerun continues that run and retrains those steps: their
+    points are in the store already and are not logged again (:meth:`log_metrics`); if the
+    config changed meanwhile, the new run closes the old one as KILLED.
     """
 
     def __init__(
@@ -373,6 +390,7 @@ class TrackedRun:
     ) -> None:
         self.enabled = enabled
         self.run_id: str | None = None
+        self._stored_through: dict[str, int] = {}  # metric -> last step the store holds
         if not enabled:
             return
         import mlflow
@@ -391,15 +409,15 @@ class TrackedRun:
             previous = json.loads(id_file.read_text())
             if previous["config_hash"] != config_hash:
                 log.info("config changed since MLflow run %s: new run", previous["run_id"])
+                self._close_if_abandoned(previous["run_id"])
             elif self._resume(previous["run_id"]):
                 return
             else:  # the job moved to another store (e.g. from SQLite to a tracking server)
                 log.info("MLflow run %s is not in %s: starting a new run", previous["run_id"], uri)
         workflow_run = os.environ.get(WORKFLOW_RUN_ENV)
         link = {WORKFLOW_TAG: workflow_run} if workflow_run else {}
-        run = _retry(
-            lambda: self._client.create_run(experiment_id, run_name=run_name, tags={**tags, **link})
-        )
+        tags = redact({**tags, **link})
+        run = _retry(lambda: self._client.create_run(experiment_id, run_name=run_name, tags=tags))
         self.run_id = run.info.run_id
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(json.dumps({"run_id": self.run_id, "config_hash": config_hash}) + "\n")
@@ -416,9 +434,34 @@ class TrackedRun:
                 raise
             return False
         self.run_id = run_id
+        self._stored_through = self._last_steps()
         self._link_resumption()
         log.info("resuming MLflow run %s", run_id)
         return True
+
+    def _last_steps(self) -> dict[str, int]:
+        """The last step of each metric the run holds: a killed job logged past the checkpoint
+        its rerun starts from."""
+        keys = _retry(lambda: self._client.get_run(self.run_id)).data.metrics
+        history = self._client.get_metric_history
+        return {
+            key: max(point.step for point in _retry(lambda key=key: history(self.run_id, key)))
+            for key in keys
+        }
+
+    def _close_if_abandoned(self, run_id: str) -> None:
+        """Mark KILLED a run of this job left RUNNING (its process died without closing it),
+        now that a new config replaces it; a finished run stays as it is."""
+        import mlflow
+
+        try:
+            status = _retry(lambda: self._client.get_run(run_id)).info.status
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return
+        if status == "RUNNING":
+            _retry(lambda: self._client.set_terminated(run_id, status="KILLED"))
 
     def _link_resumption(self) -> None:
         """Record the invocation that continues this run (a run keeps its creator's tag)."""
@@ -431,13 +474,22 @@ class TrackedRun:
             self.set_tags({RESUMED_TAG: ",".join([*earlier, workflow_run])})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue the points of one step and return at once (:meth:`flush` writes them)."""
-        if not self.enabled or not metrics:
+        """Queue the points of one step and return at once (:meth:`flush` writes them). A point
+        at a step its metric already reached in the store (a killed job's rerun) is dropped:
+        each step is logged once (on CPU the retrained values are bitwise the same)."""
+        if not self.enabled:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._metrics.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
+        stored = self._stored_through
+        points = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if k not in stored or step > stored[k]
+        ]
+        if points:
+            self._metrics.put(points)
 
     def _write_metrics(self, batch: list[Any]) -> None:
         _retry(lambda: self._client.log_batch(self.run_id, metrics=batch))
@@ -456,7 +508,7 @@ class TrackedRun:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self.enabled:
             self.flush()
-            for key, value in tags.items():
+            for key, value in redact(tags).items():
                 _retry(lambda key=key, value=value: self._client.set_tag(self.run_id, key, value))
 
     def finish(self, status: str = "FINISHED") -> None:

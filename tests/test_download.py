@@ -238,10 +238,10 @@ def test_credentials_go_in_a_header_never_in_logs(
     with pytest.raises(DataError) as err:
         download(f"http://alice:s3cret@{host}/missing.bin", tmp_path / "m.bin", progress=False)
     assert "HTTP 404" in str(err.value)
-    assert f"http://{host}/missing.bin" in str(err.value)
+    assert f"http://***@{host}/missing.bin" in str(err.value)  # msgfm.redaction
     assert "s3cret" not in str(err.value)
     assert "s3cret" not in caplog.text
-    assert f"http://{host}/a.bin" in caplog.text
+    assert f"http://***@{host}/a.bin" in caplog.text
 
 
 def test_unreachable_host_gives_up_after_retries(tmp_path: Path) -> None:

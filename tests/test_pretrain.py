@@ -69,13 +69,14 @@ def job_config(shards: Path, results: Path, **pretrain: object) -> dict:
 
 
 def run_job(
-    config: dict, out: Path, *, launcher: list[str] | None = None, new_session: bool = False
-) -> subprocess.Popen:
+    config: dict, out: Path, *, launcher: list[str] | None = None, new_session: bool = False,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:  # fmt: skip
     command = [*(launcher or [sys.executable, "-m", "msgfm"]), "pretrain"]
     command += ["--config-json", json.dumps(config), "--out", str(out)]
     log = open(out.parent / f"{out.name}.log", "a")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        command, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True,
+        command, env={**ENV, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, text=True,
         start_new_session=new_session,
     )  # fmt: skip
 
@@ -86,7 +87,11 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(shards, tmp_path):
     out = tmp_path / "run"
-    proc = run_job(job_config(shards, tmp_path), out)
+    # The config names a tracking server with its password; the environment's store wins
+    # (msgfm.tracking.resolve_tracking_uri), and the password is recorded nowhere.
+    config = {**job_config(shards, tmp_path), "tracking_uri": "http://bob:s3cret@mlflow.x:5000"}
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    proc = run_job(config, out, env=store)
     assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 8
@@ -121,6 +126,11 @@ def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(shard
     assert metrics["device_hours"] > 0
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"encoder.pt", "config.json", "metrics.json", "figures"} <= artifacts
+    redacted = "http://***@mlflow.x:5000"
+    assert runs[0].data.params["tracking_uri"] == json.dumps(redacted)
+    assert json.loads((out / "config.json").read_text())["tracking_uri"] == redacted
+    stored = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()]
+    assert not [blob for blob in stored if b"s3cret" in blob]
 
 
 def test_a_job_honours_the_speed_switches_and_survives_a_failing_compile(
@@ -182,16 +192,37 @@ def test_a_killed_run_resumes_to_bitwise_identical_weights(shards, tmp_path, sig
     checkpointed = (interrupted / "checkpoints" / "last.pt").is_file()
     assert checkpointed or sig == signal.SIGKILL
     # Where it reads and writes is not the job's identity: resumed from copied shards into
-    # another results folder (another MLflow store), it continues from its checkpoint.
+    # another results folder (another MLflow store), it continues from its checkpoint. The
+    # SIGKILLed job resumes in place, where its run was left RUNNING with points logged past
+    # the checkpoint, and a kill during torch.save would have left a partial file.
     moved = json.loads(json.dumps(config))
-    moved["shards_root"] = str(shutil.copytree(shards, tmp_path / "shards-copy"))
-    moved["results_root"] = str(tmp_path / "moved-results")
+    if sig == signal.SIGTERM:
+        moved["shards_root"] = str(shutil.copytree(shards, tmp_path / "shards-copy"))
+        moved["results_root"] = str(tmp_path / "moved-results")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    partial = interrupted / "checkpoints" / f".last.pt.tmp-{dead.pid}"
+    partial.write_bytes(b"half a checkpoint")
     assert run_job(moved, interrupted).wait(timeout=600) == 0, log.read_text()[-3000:]
     assert ("resuming at epoch" in log.read_text()) == checkpointed
+    assert not partial.exists()
     expected, resumed = weights(reference), weights(interrupted)
     assert expected.keys() == resumed.keys()
     for name, value in expected.items():
         assert torch.equal(value, resumed[name]), name
+    if sig == signal.SIGKILL:
+        import mlflow
+
+        from msgfm.tracking import read_run_id
+
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        run = client.get_run(read_run_id(interrupted))
+        assert run.info.status == "FINISHED"
+        for key in run.data.metrics:  # each step once, though steps past 3 ran twice
+            steps = [point.step for point in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), key
+        loss = client.get_metric_history(run.info.run_id, "loss")
+        assert sorted(point.step for point in loss) == list(range(1, 9))
 
 
 def test_a_changed_config_restarts_and_keeps_the_old_checkpoint(shards, tmp_path):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +16,7 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 
 from msgfm.metric_writer import MetricWriteError  # noqa: E402
+from msgfm.redaction import redact_text, redact_url  # noqa: E402
 from msgfm.tracking import (  # noqa: E402
     WORKFLOW_RUN_ENV,
     ClusterStoreError,
@@ -94,6 +98,60 @@ def test_a_resumed_job_continues_the_same_run(tmp_path: Path, monkeypatch) -> No
     assert stored.info.status == "FINISHED"
     changed = open_run(tmp_path, tmp_path / "job", config="c2")
     assert changed.run_id != run.run_id  # another config is another run, the old one stays
+
+
+def _killed_job(results: Path, steps: range) -> str:
+    """A job that logs ``steps`` (written: the checkpoint flushed them) and is SIGKILLed: no
+    finish(), no exit handler. Returns its run id."""
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from test_tracking import open_run
+run = open_run(Path({str(results)!r}), Path({str(results / "job")!r}))
+for step in {list(steps)!r}:
+    run.log_metrics({{"loss": float(step)}}, step=step)
+run.flush()
+print(run.run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    repo = Path(__file__).resolve().parents[1]
+    killed = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return killed.stdout.split()[-1]
+
+
+def test_a_job_resumed_after_sigkill_logs_each_step_once(tmp_path: Path, monkeypatch) -> None:
+    """Killed at step 5 after a checkpoint at step 3, the rerun trains steps 4 to 8 again:
+    the points of steps 4 and 5 are in the store already and are not logged twice."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_id = _killed_job(tmp_path, range(1, 6))
+    client = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path))
+    assert client.get_run(run_id).info.status == "RUNNING"  # nothing ran to close it
+    again = open_run(tmp_path, tmp_path / "job")
+    assert again.run_id == run_id
+    for step in range(4, 9):
+        again.log_metrics({"loss": float(step), "lr": 0.1}, step=step)
+    again.finish()
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [m.step for m in client.get_metric_history(run_id, "lr")] == [4, 5, 6, 7, 8]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_killed_run_superseded_by_a_new_config_is_closed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_id = _killed_job(tmp_path, range(1, 3))
+    changed = open_run(tmp_path, tmp_path / "job", config="c2")
+    assert changed.run_id != run_id
+    client = mlflow.MlflowClient(resolve_tracking_uri(None, tmp_path))
+    assert client.get_run(run_id).info.status == "KILLED"  # not RUNNING forever
+    changed.finish()
+    finished = open_run(tmp_path, tmp_path / "job", config="c3")
+    assert client.get_run(changed.run_id).info.status == "FINISHED"  # a finished run stays so
+    finished.finish()
 
 
 def test_log_metrics_does_not_wait_for_the_store(tmp_path: Path, monkeypatch) -> None:
@@ -263,3 +321,115 @@ def test_a_jobs_identity_is_what_it_trains_not_where_or_how_it_runs() -> None:
         {**job, "pretrain": {**job["pretrain"], "seed": 1}},
     ):
         assert job_hash(trains_otherwise) != job_hash(job)
+
+
+# A mirror reached with a password and a signed link's token, a tracking server's database
+# password: none of these may be recorded anywhere.
+MIRROR = "https://alice:s3cret@mirror.example/msgfm?token=tok123&v=2"
+TRACKING = "postgresql://mlflow:pgpass@db.internal:5432/mlflow"
+SECRETS = ("s3cret", "tok123", "pgpass")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (MIRROR, "https://***@mirror.example/msgfm?token=***&v=2"),
+        (TRACKING, "postgresql://***@db.internal:5432/mlflow"),
+        ("https://ghp_abc@github.com/x.zip", "https://***@github.com/x.zip"),
+        ("https://a.blob.core.windows.net/c/x.zip?sv=2022-11-02&se=2030&sig=ab%2Fc",
+         "https://a.blob.core.windows.net/c/x.zip?sv=2022-11-02&se=2030&sig=***"),
+        ("https://s3.example/b/x.tar?X-Amz-Credential=AK&X-Amz-Signature=ff&X-Amz-Expires=60",
+         "https://s3.example/b/x.tar?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60"),
+        ("https://h/x?api_key=k&Password=p&page=2&design=3",
+         "https://h/x?api_key=***&Password=***&page=2&design=3"),
+        ("https://h/cb#access_token=t&state=1", "https://h/cb#access_token=***&state=1"),
+        ("sqlite:////shared/results/mlflow.db", "sqlite:////shared/results/mlflow.db"),
+        ("http://10.1.0.5:5000", "http://10.1.0.5:5000"),
+    ],
+)  # fmt: skip
+def test_urls_lose_their_userinfo_and_secret_parameters(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_every_url_in_a_text_is_redacted_and_nothing_else() -> None:
+    command = f"snakemake --config data.mirror={MIRROR} 'tracking_uri={TRACKING}' -n"
+    assert redact_text(command) == (
+        "snakemake --config data.mirror=https://***@mirror.example/msgfm?token=***&v=2 "
+        "'tracking_uri=postgresql://***@db.internal:5432/mlflow' -n"
+    )
+
+
+def _stored_bytes(root: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file())
+
+
+def test_no_credential_reaches_the_store(tmp_path: Path, monkeypatch) -> None:
+    """Each sink: the parent run's params, its command tag, its config.json and the uploaded
+    Snakemake log; a job run's params and tags. Then no byte of the store holds a secret."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    results = tmp_path / "results"
+    uri = resolve_tracking_uri(None, results)
+    config = {"data": {"mirror": MIRROR}, "tracking_uri": TRACKING, "seed": 0}
+    command = f"snakemake --config data.mirror={MIRROR} tracking_uri={TRACKING}"
+    targets = ["all", f"{MIRROR}/file"]  # a remote file (Snakemake's storage plugins)
+    parent = start_workflow_run(
+        uri, results, ["table6"], config=config, targets=targets, command=command
+    )
+    monkeypatch.setenv(WORKFLOW_RUN_ENV, parent)
+    job = TrackedRun(
+        uri=uri, experiment="table6", run_name="job", state_dir=results / "job",
+        results_root=results, tags={"source": MIRROR}, params=config, config_hash="c",
+    )  # fmt: skip
+    job.set_tags({"mirror": MIRROR})
+    job.finish()
+    snakemake_log = tmp_path / "snakemake.log"  # Snakemake writes the shell commands it runs
+    snakemake_log.write_text(f"rule prepare:\n    python -m msgfm prepare x --mirror '{MIRROR}'\n")
+    finish_workflow_run(uri, parent, "FINISHED", [snakemake_log])
+
+    client = mlflow.MlflowClient(uri)
+    for run_id in (parent, job.run_id):
+        params = client.get_run(run_id).data.params
+        assert params["data.mirror"] == json.dumps(redact_url(MIRROR))
+        assert params["tracking_uri"] == '"postgresql://***@db.internal:5432/mlflow"'
+    tags = client.get_run(parent).data.tags
+    assert tags["command"] == redact_text(command)
+    assert client.get_run(job.run_id).data.tags["mirror"] == redact_url(MIRROR)
+    downloaded = Path(client.download_artifacts(parent, "", str(tmp_path / "artifacts")))
+    uploaded = json.loads((downloaded / "config.json").read_text())
+    assert uploaded["data"]["mirror"] == redact_url(MIRROR)
+    assert f"--mirror '{redact_url(MIRROR)}'" in (downloaded / "snakemake.log").read_text()
+    stored = _stored_bytes(results)
+    assert b"mirror.example" in stored
+    assert not [secret for secret in SECRETS if secret.encode() in stored]
+
+
+def test_log_lines_of_the_cli_mask_urls(tmp_path: Path) -> None:
+    script = f"""
+import logging
+from msgfm.cli import configure_logging
+configure_logging(verbose=False)
+logging.getLogger("msgfm.tracking").warning("run is not in %s, mirror %s", {TRACKING!r}, {MIRROR!r})
+"""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    assert redact_url(MIRROR) in done.stderr and "db.internal" in done.stderr
+    assert not [secret for secret in SECRETS if secret in done.stderr]
+
+
+def test_a_tracking_server_error_does_not_print_its_password(tmp_path: Path) -> None:
+    """MLflow names the server's URL, userinfo included, in the error a job dies with."""
+    server = "http://bob:s3cret@127.0.0.1:9"  # nothing listens on the discard port
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    failed = subprocess.run(
+        [sys.executable, "-m", "msgfm", "workflow-finish", "--tracking-uri", server,
+         "--results-root", str(tmp_path), "--run-id", "abc", "--status", "FINISHED"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert failed.returncode != 0
+    assert "http://***@127.0.0.1:9/api/" in failed.stderr  # the traceback, its URL masked
+    assert "s3cret" not in failed.stderr

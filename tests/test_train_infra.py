@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,29 @@ def test_damaged_checkpoint_is_reported_with_its_path(tmp_path) -> None:
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"last\.pt"):
         load(tmp_path, model, opt, sched, "a")
+
+
+def test_temp_files_of_dead_writers_are_removed_at_resume(tmp_path) -> None:
+    """A SIGKILL during ``torch.save`` leaves ``.last.pt.tmp-<pid>`` (no finally runs)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])  # another process still writing its file
+    try:
+        model, opt, sched = make_state()
+        two = ProcessLayout(2, {"train": 4})
+        save(tmp_path, model, opt, sched, TrainPosition(step=2), "abc", two)
+        stale = tmp_path / f".last.pt.tmp-{dead.pid}"
+        writing = tmp_path / f".last.pt.tmp-{alive.pid}"
+        for path in (stale, writing):
+            path.write_bytes(b"half a checkpoint")
+        assert load(tmp_path, model, opt, sched, "abc", two, rank=1) is not None
+        assert stale.exists()  # only rank 0 writes here, and only rank 0 cleans up
+        assert load(tmp_path, model, opt, sched, "abc", two, rank=0) is not None
+        assert not stale.exists() and writing.exists()
+        assert load(tmp_path / "fresh", model, opt, sched, "abc") is None  # no folder yet
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_no_checkpoint_means_fresh_start(tmp_path) -> None:

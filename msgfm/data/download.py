@@ -16,7 +16,6 @@ last.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from msgfm.data.marker import write_ready_marker
 from msgfm.data.sources import RemoteFile, Source, get_source
 from msgfm.data.verify import digest_cache, file_md5, quarantine, verify_file, write_json
 from msgfm.errors import ChecksumError, DataError, ManualDownloadRequired
+from msgfm.redaction import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,6 @@ class _Interrupted(Exception):
     """The connection ended before the announced number of bytes arrived."""
 
 
-def redact(url: str) -> str:
-    """``url`` without user:password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def download(
@@ -87,13 +79,13 @@ def download(
             log.warning("%s; downloading it again", exc)
     part = dest.with_name(dest.name + ".part")
     scheme = urlsplit(url).scheme.lower()
-    log.info("downloading %s -> %s", redact(url), dest)
+    log.info("downloading %s -> %s", redact_url(url), dest)
     if scheme == "file":
         _copy_local(url, part, dest, resume=md5 is not None)
     elif scheme in ("http", "https"):
         _fetch_http(url, part, md5 is not None, progress, retries, backoff_s, timeout_s)
     else:
-        raise DataError(dest, f"cannot fetch {redact(url)}: only http(s):// and file:// work")
+        raise DataError(dest, f"cannot fetch {redact_url(url)}: only http(s):// and file:// work")
     _validator_file(part).unlink(missing_ok=True)  # the part is complete: no resume any more
     verify_file(part, md5, name=dest.name)
     os.replace(part, dest)
@@ -108,7 +100,7 @@ def _copy_local(url: str, part: Path, dest: Path, *, resume: bool) -> None:
     parts = urlsplit(url)
     source = Path(unquote(parts.path))
     if parts.netloc not in ("", "localhost") or not source.is_file():
-        raise DataError(source, f"mirror file for {dest.name} not found ({redact(url)})")
+        raise DataError(source, f"mirror file for {dest.name} not found ({redact_url(url)})")
     offset = part.stat().st_size if resume and part.is_file() else 0
     if offset > source.stat().st_size:
         offset = 0
@@ -186,7 +178,7 @@ def _fetch_http(
             return
         except urllib.error.HTTPError as exc:
             if exc.code not in _RETRY_STATUS:
-                problem = f"{redact(url)} answered HTTP {exc.code} {exc.reason}"
+                problem = f"{redact_url(url)} answered HTTP {exc.code} {exc.reason}"
                 raise DataError(dest, problem) from exc
             error: Exception = exc
         except (urllib.error.URLError, HTTPException, OSError, _Interrupted) as exc:
@@ -194,10 +186,10 @@ def _fetch_http(
         now = part.stat().st_size if part.is_file() else 0
         failures = 0 if now > before else failures + 1
         if failures > retries:
-            problem = f"giving up on {redact(url)} after {retries} retries: {error}"
+            problem = f"giving up on {redact_url(url)} after {retries} retries: {error}"
             raise DataError(dest, problem)
         wait = min(backoff_s * 2 ** max(failures - 1, 0), 300.0)
-        log.warning("%s: %s; retrying from byte %d in %.0f s", redact(url), error, now, wait)
+        log.warning("%s: %s; retrying from byte %d in %.0f s", redact_url(url), error, now, wait)
         time.sleep(wait)
 
 
@@ -221,7 +213,7 @@ def _transfer(
         if response.headers.get_content_type() == "text/html":
             raise DataError(
                 part.with_name(part.name.removesuffix(".part")),
-                f"{redact(url)} answered with an HTML page, not the file "
+                f"{redact_url(url)} answered with an HTML page, not the file "
                 "(a login or error page?); check the URL or the mirror",
             )
         length = response.headers.get("Content-Length")
@@ -234,7 +226,7 @@ def _transfer(
                 raise _Interrupted(f"server answered range {first!r} for bytes={offset}-")
         else:
             if offset:
-                log.info("%s: remote file changed or Range ignored; restarting", redact(url))
+                log.info("%s: remote file changed or Range ignored; restarting", redact_url(url))
             headers = response.headers
             validator = {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified")}
             write_json(_validator_file(part), validator)

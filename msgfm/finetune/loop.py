@@ -40,6 +40,7 @@ from msgfm.finetune.data import (
 )
 from msgfm.finetune.subsets import format_fraction, train_split
 from msgfm.model.factory import resolve_config
+from msgfm.redaction import redact
 from msgfm.tracking import TrackedRun, git_commit, job_hash, resolve_tracking_uri
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.distributed import (
@@ -131,7 +132,7 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
     chash = job_hash(cfg)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", cfg)
+        write_json_atomic(out / "config.json", redact(cfg))  # uploaded to MLflow
 
     shards = ShardSet(cfg["shards"])
     train = train_split(cfg["shards"], cfg.get("subset"))

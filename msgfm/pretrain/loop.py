@@ -49,6 +49,7 @@ from msgfm.pretrain.batches import (
 from msgfm.pretrain.figures import save_reconstruction_figure
 from msgfm.pretrain.reconstruct import reconstruction_examples
 from msgfm.pretrain.teachers import add_teacher_targets, model_overrides, teacher_for_variant
+from msgfm.redaction import redact
 from msgfm.tracking import TrackedRun, git_commit, job_hash, resolve_tracking_uri
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.distributed import (
@@ -171,7 +172,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
     chash = job_hash(cfg)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", cfg)
+        write_json_atomic(out / "config.json", redact(cfg))  # uploaded to MLflow
 
     specs = source_specs(pre, variant)
     sets, sensors = open_sources(specs, Path(cfg["shards_root"]), variant.get("sensors"))

@@ -5,8 +5,9 @@ state, every rank's random generators (Python, NumPy, torch CPU and CUDA: each r
 own MoE gate noise), the data position (epoch and step within it) and the process layout it was
 written under (world size, per-rank and global batch), so that a job killed by SLURM and
 requeued produces bitwise the same weights on CPU as one that was never interrupted. Files are
-written to a temporary name and renamed, so a kill during the write leaves the previous
-checkpoint intact.
+written to a temporary name (``.last.pt.tmp-<pid>``) and renamed, so a kill during the write
+leaves the previous checkpoint intact; a SIGKILL leaves the partial file behind, which the next
+resume removes (:func:`remove_stale_temp_files`).
 
 A resume under another world size is refused, naming both: the data slices, the schedule (in
 steps) and the global batch all follow the world size, so continuing would silently train
@@ -136,6 +137,8 @@ def load_checkpoint(
     config change makes Snakemake rerun a job whose folder still holds the old run's checkpoint.
     """
     path = Path(directory) / LAST
+    if rank == 0:
+        remove_stale_temp_files(path)
     if not path.is_file():
         return None
     try:
@@ -173,6 +176,28 @@ def load_checkpoint(
         scheduler.load_state_dict(payload["scheduler"])
     set_rng_state(payload["rng"][rank])
     return TrainPosition(**payload["position"]), payload["extra"]
+
+
+def remove_stale_temp_files(path: Path) -> None:
+    """Delete the partial ``.<name>.tmp-<pid>`` files of ``path`` whose writer is dead: a
+    SIGKILL mid-write runs no cleanup, and each attempt leaves a file as large as a checkpoint.
+    A process id alive on this machine keeps its file (it may be writing it; on a cluster a
+    file of another node's process that happens to share the id waits for a later resume)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s, left by process %s that is gone", tmp, pid)
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
