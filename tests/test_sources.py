@@ -95,3 +95,11 @@ def test_registry_rejects_ambiguous_entries_and_names_unknown_datasets() -> None
         Source("x", "X", "https://x", "c")
     with pytest.raises(KeyError, match="known: bigearthnet"):
         get_source("imagenet")
+
+
+def test_unknown_dataset_is_one_line_from_the_cli(tmp_path, capsys) -> None:
+    from msgfm.cli import main
+
+    assert main(["prepare", "nosuchset", "--data-root", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown dataset 'nosuchset'" in line and "known: bigearthnet" in line

@@ -175,6 +175,14 @@ def test_unreadable_files_are_skipped_with_reasons_or_fail_the_run(
     assert "truncated or corrupt" in report["skipped"][0]["reason"]
 
 
+def test_tile_larger_than_the_patch_names_the_file(data_root, tmp_path):
+    first = SEN12MS(data_root / "sen12ms").refs[0]
+    with pytest.raises(DataError, match=r"256x256 px, smaller than the 300x300 tile") as info:
+        tile_pretrain("sen12ms", data_root, tmp_path, tile=300)
+    assert info.value.path == first.files["sar"][0]
+    assert not (tmp_path / "index.parquet").exists()
+
+
 def test_window_grid_covers_borders_only_when_asked():
     assert grid_starts(631, 512, 256, cover_border=True) == [0, 119]
     assert grid_starts(631, 512, 256, cover_border=False) == [0]

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from msgfm.errors import UnknownNameError
+
 SEASONS = ("1158_spring", "1868_summer", "1970_fall", "2017_winter")
 
 
@@ -355,6 +357,6 @@ def get_source(dataset: str) -> Source:
     try:
         return SOURCES[dataset]
     except KeyError:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown dataset {dataset!r}; known: {', '.join(sorted(SOURCES))}"
         ) from None
