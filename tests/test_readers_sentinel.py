@@ -16,7 +16,12 @@ from msgfm.data.demo import sen12ms as demo_sen12ms
 from msgfm.data.demo import sen12ms_cr as demo_cr
 from msgfm.data.raster import read_raster, write_raster
 from msgfm.data.readers import sen12ms_cr
-from msgfm.data.readers.bigearthnet import BigEarthNet, read_v2_metadata, split_csv_path
+from msgfm.data.readers.bigearthnet import (
+    BEN_S2_BANDS,
+    BigEarthNet,
+    read_v2_metadata,
+    split_csv_path,
+)
 from msgfm.data.readers.bigearthnet_labels import (
     CLASS19_NAMES,
     CLC43_NAMES,
@@ -192,7 +197,7 @@ def test_ben_demo_pairs_bands_and_targets(demo: Path) -> None:
     assert sample.valid_bands["s2"].sum() == 12
     # A 20 m band comes back on the 10 m grid with its values preserved on average.
     b05 = S2_BANDS.index("B05")
-    native = reader.refs[0].files["s2"][list(demo_ben.BAND_METRES).index("B05")]
+    native = reader.refs[0].files["s2"][BEN_S2_BANDS.index("B05")]
     assert read_raster(native).data.shape == (1, 60, 60)
     assert abs(s2[b05].mean() - read_raster(native).data.mean()) < 0.02 * s2[b05].mean()
     assert np.array_equal(sample.meta["target"], targets_from_clc43(sample.meta["labels"]))

@@ -8,10 +8,12 @@ import rasterio
 from rasterio.windows import Window
 
 from msgfm.data.demo import write_demo
-from msgfm.data.readers.bigearthnet import BigEarthNet
+from msgfm.data.raster import read_raster, write_raster
+from msgfm.data.readers.bigearthnet import BEN_S2_BANDS, BigEarthNet
 from msgfm.data.readers.mdas import MDAS
 from msgfm.data.readers.sen12ms import SEN12MS
 from msgfm.data.readers.vaihingen import Vaihingen
+from msgfm.data.sensors import SAR_BANDS
 from msgfm.data.shards import ShardSet
 from msgfm.data.tiling import report as report_module
 from msgfm.data.tiling.downstream import tile_downstream
@@ -181,6 +183,28 @@ def test_tile_larger_than_the_patch_names_the_file(data_root, tmp_path):
         tile_pretrain("sen12ms", data_root, tmp_path, tile=300)
     assert info.value.path == first.files["sar"][0]
     assert not (tmp_path / "index.parquet").exists()
+
+
+def test_bigearthnet_band_of_the_wrong_size_skips_its_patch(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_demo(root, seed=1, datasets=["bigearthnet"])
+    refs = BigEarthNet(root / "bigearthnet").refs
+    b04 = refs[3].files["s2"][BEN_S2_BANDS.index("B04")]  # a 10 m band: 120² expected
+    vh = refs[7].files["sar"][SAR_BANDS.index("VH")]
+    for path, size in ((b04, 100), (vh, 60)):
+        raster = read_raster(path)
+        data = raster.data[:, :size, :size]
+        write_raster(path, data, crs=raster.crs, transform=raster.transform)
+    monkeypatch.setattr(report_module, "MAX_SKIPPED_FRACTION", 0.05)
+    tile_downstream("bigearthnet", root, tmp_path / "out")
+    shards = ShardSet(tmp_path / "out")
+    assert len(shards) == len(refs) - 2
+    skipped = {s["sample_id"]: s for s in shards.meta["report"]["skipped"]}
+    assert skipped.keys() == {refs[3].sample_id, refs[7].sample_id}
+    assert skipped[refs[3].sample_id]["file"] == str(b04)
+    assert "expected 120x120 px, found 100x100" in skipped[refs[3].sample_id]["reason"]
+    assert skipped[refs[7].sample_id]["file"] == str(vh)
+    assert "expected 120x120 px, found 60x60" in skipped[refs[7].sample_id]["reason"]
 
 
 def test_window_grid_covers_borders_only_when_asked():

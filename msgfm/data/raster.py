@@ -36,12 +36,15 @@ def read_raster(
     bands: int | None = None,
     dtypes: Sequence[str] | None = None,
     allow_nonfinite: bool = False,
+    shape: tuple[int, int] | None = None,
     out_shape: tuple[int, int] | None = None,
     resampling: rasterio.enums.Resampling = rasterio.enums.Resampling.bilinear,
 ) -> Raster:
     """Read all bands of a raster and check what the caller relies on.
 
-    ``bands`` is the expected band count, ``dtypes`` the acceptable storage dtypes.
+    ``bands`` is the expected band count, ``dtypes`` the acceptable storage dtypes, ``shape``
+    the expected (rows, cols) on disk: a band stored at the wrong size is refused here, before
+    ``out_shape`` could resample it into place and hide the fault.
     ``out_shape`` resamples on read (rasterio's decimated/overview read), which is how the
     20 m and 60 m BigEarthNet bands are brought to the 10 m grid without an extra copy.
     Non-finite values are an error unless ``allow_nonfinite``: SAR σ0 legitimately holds NaN
@@ -59,6 +62,10 @@ def read_raster(
             if dtypes is not None and src.dtypes[0] not in dtypes:
                 raise DataError(
                     path, f"expected dtype {' or '.join(dtypes)}, found {src.dtypes[0]}"
+                )
+            if shape is not None and (src.height, src.width) != tuple(shape):
+                raise DataError(
+                    path, f"expected {shape[0]}x{shape[1]} px, found {src.height}x{src.width}"
                 )
             if out_shape is None:
                 data = src.read()

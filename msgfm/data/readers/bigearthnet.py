@@ -14,8 +14,9 @@ Layout under ``root`` (= ``<data_root>/bigearthnet``)::
     BigEarthNet-S1-v1.0/<S1>/<S1>_labels_metadata.json       … corresponding_s2_patch …
     splits/train.csv, splits/val.csv, splits/test.csv        no header, lines ``<S2>,<S1>``
 
-The 20 m and 60 m bands are resampled (bilinear) onto the 10 m grid while reading, so every
-sample is one (13, 120, 120) stack in the canonical band order; B10 (cirrus) is not in
+Each band must have the size its resolution gives the 1.2 km patch (else the patch is refused,
+naming the file and both sizes); the 20 m and 60 m bands are then resampled (bilinear) onto
+the 10 m grid while reading, so every sample is one (13, 120, 120) stack in canonical order; B10 (cirrus) is not in
 BigEarthNet and comes back as zeros with ``valid_bands["s2"]`` False there.
 """
 
@@ -31,7 +32,7 @@ import pandas as pd
 from msgfm.data.raster import read_raster
 from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
 from msgfm.data.readers.bigearthnet_labels import targets_from_class19, targets_from_clc43
-from msgfm.data.sensors import S2_BANDS, SAR_BANDS, select_bands
+from msgfm.data.sensors import S2_BAND_METRES, S2_BANDS, SAR_BANDS, SAR_METRES, select_bands
 from msgfm.errors import DataError
 
 S2_FOLDER = "BigEarthNet-v1.0"
@@ -42,6 +43,18 @@ BEN_S2_BANDS: tuple[str, ...] = tuple(band for band in S2_BANDS if band != "B10"
 V2_COLUMNS: tuple[str, ...] = (
     "patch_id", "labels", "split", "s1_name", "contains_seasonal_snow", "contains_cloud_or_shadow",
 )  # fmt: skip
+# Every patch covers 1.2 km × 1.2 km (Sumbul et al. 2019), so a band's size follows from its
+# resolution.
+PATCH_METRES = 1200
+
+
+def patch_shape(metres: int) -> tuple[int, int]:
+    """(rows, cols) of a band of ``metres`` resolution over one BigEarthNet patch."""
+    return PATCH_METRES // metres, PATCH_METRES // metres
+
+
+# The 10 m grid every band is brought onto (S1 is stored on it already).
+GRID = patch_shape(SAR_METRES)
 # reBEN spells the validation split out; the rest of the pipeline says "val".
 _V2_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
@@ -154,27 +167,30 @@ class BigEarthNet(DatasetReader):
         )
 
     def read(self, ref: SampleRef) -> Sample:
-        """Read one pair: S2 on the 10 m grid (13 bands, B10 invalid), S1, labels → target."""
+        """Read one pair: S2 on the 10 m grid (13 bands, B10 invalid), S1, labels → target.
+
+        Every band must have its resolution's size (120² at 10 m, 60² at 20 m, 20² at 60 m):
+        a band of another size is a broken file, which resampling would only hide.
+        """
         s2_files = ref.files["s2"]
-        reference = read_raster(s2_files[BEN_S2_BANDS.index("B02")], bands=1, dtypes=("uint16",))
-        grid = reference.data.shape[1:]
         stack = np.concatenate(
             [
-                read_raster(path, bands=1, dtypes=("uint16",), out_shape=grid).data
-                for path in s2_files
+                read_raster(
+                    path, bands=1, dtypes=("uint16",), shape=patch_shape(S2_BAND_METRES[band]),
+                    out_shape=GRID,
+                ).data
+                for band, path in zip(BEN_S2_BANDS, s2_files, strict=True)
             ]
-        )
+        )  # fmt: skip
         s2, s2_valid = select_bands(stack, BEN_S2_BANDS, S2_BANDS, source=str(s2_files[0].parent))
         sar = np.concatenate(
             [
-                read_raster(path, bands=1, dtypes=("float32",), allow_nonfinite=True).data
+                read_raster(
+                    path, bands=1, dtypes=("float32",), shape=GRID, allow_nonfinite=True
+                ).data
                 for path in ref.files["sar"]
             ]
         )
-        if sar.shape[1:] != grid:
-            raise DataError(
-                ref.files["sar"][0], f"S1 patch is {sar.shape[1:]}, its S2 pair is {grid} at 10 m"
-            )
         labels = self._labels(ref)
         return Sample(
             sample_id=ref.sample_id,
