@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from msgfm.data.raster import read_raster
-from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
+from msgfm.data.readers.base import DatasetReader, Sample, SampleRef, require_disjoint_splits
 from msgfm.data.readers.bigearthnet_labels import targets_from_class19, targets_from_clc43
 from msgfm.data.sensors import S2_BAND_METRES, S2_BANDS, SAR_BANDS, SAR_METRES, select_bands
 from msgfm.errors import DataError
@@ -127,10 +127,14 @@ class BigEarthNet(DatasetReader):
         excluded = set().union(*(read_patch_names(Path(p)) for p in exclude_lists))
         s2_names = self._folder_names(S2_FOLDER, "BigEarthNet-S2-v1.0.tar.gz")
         s1_names = self._folder_names(S1_FOLDER, "BigEarthNet-S1-v1.0.tar.gz")
+        csvs = {s: split_csv_path(self.root, s) for s in (SPLITS if split is None else (split,))}
+        listed = {pair_split: read_pairs(csv) for pair_split, csv in csvs.items()}
+        for side in (0, 1):  # S2 names, then S1 names: either repeated is a leak
+            require_disjoint_splits({csvs[s]: [p[side] for p in pairs] for s, pairs in listed.items()})
         refs = []
-        for pair_split in SPLITS if split is None else (split,):
-            csv = split_csv_path(self.root, pair_split)
-            for s2_name, s1_name in read_pairs(csv):
+        for pair_split, pairs in listed.items():
+            csv = csvs[pair_split]
+            for s2_name, s1_name in pairs:
                 if s2_name in excluded:
                     continue
                 for folder, name, present in (
@@ -237,6 +241,7 @@ def read_v2_metadata(path: str | Path, *, drop_snow_cloud: bool = False) -> pd.D
     unknown = sorted(set(frame["split"]) - set(_V2_SPLITS))
     if unknown:
         raise DataError(path, f"unknown split value(s) {unknown}; expected {sorted(_V2_SPLITS)}")
+    require_disjoint_splits({path: frame["patch_id"].tolist()})
     frame = frame.assign(split=frame["split"].map(_V2_SPLITS))
     if drop_snow_cloud:
         flagged = frame["contains_seasonal_snow"] | frame["contains_cloud_or_shadow"]
