@@ -103,3 +103,15 @@ def test_unknown_dataset_is_one_line_from_the_cli(tmp_path, capsys) -> None:
     assert main(["prepare", "nosuchset", "--data-root", str(tmp_path)]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "unknown dataset 'nosuchset'" in line and "known: bigearthnet" in line
+
+
+def test_millionaid_instructions_say_how_to_join_the_test_parts(tmp_path) -> None:
+    from msgfm.data.download import check_manual
+    from msgfm.errors import ManualDownloadRequired
+
+    with pytest.raises(ManualDownloadRequired) as info:
+        check_manual("millionaid", tmp_path)
+    message = str(info.value)
+    assert f"Put these files into {tmp_path / 'archives' / 'millionaid'}/" in message
+    assert "test.zip.001 … test.zip.017" in message
+    assert "cat test.zip.0?? > test.zip" in message
