@@ -316,6 +316,16 @@ def test_nonfinite_s2_is_rejected_while_sar_nan_is_kept(tmp_path: Path) -> None:
     assert int(np.isnan(reader.read(reader.refs[0]).arrays["sar"]).sum()) == 9
 
 
+def test_sen12ms_s1_away_from_its_s2_names_both_files(tmp_path: Path) -> None:
+    root = _sen12ms_root(tmp_path)
+    s1 = root / SPRING / "s1_1" / f"{SPRING}_s1_1_p30.tif"
+    away = from_origin(520000, 5000000, 10, 10)  # 20 km east of TRANSFORM
+    write_raster(s1, np.full((2, 16, 16), -10, np.float32), crs="EPSG:32633", transform=away)
+    reader = SEN12MS(root)
+    with pytest.raises(DataError, match=f"does not overlap its partner {SPRING}_s2_1_p30.tif"):
+        reader.read(reader.refs[0])
+
+
 def test_missing_split_file_names_it(tmp_path: Path) -> None:
     root = _sen12ms_root(tmp_path)
     split_list_path(root, "test").unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from msgfm.data.demo import write_demo
@@ -205,6 +206,44 @@ def test_bigearthnet_band_of_the_wrong_size_skips_its_patch(tmp_path, monkeypatc
     assert "expected 120x120 px, found 100x100" in skipped[refs[3].sample_id]["reason"]
     assert skipped[refs[7].sample_id]["file"] == str(vh)
     assert "expected 120x120 px, found 60x60" in skipped[refs[7].sample_id]["reason"]
+
+
+def test_bigearthnet_s1_away_from_its_s2_is_skipped(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_demo(root, seed=1, datasets=["bigearthnet"])
+    refs = BigEarthNet(root / "bigearthnet").refs
+    for vv_or_vh in refs[5].files["sar"]:  # georeferenced 30 km east of its S2 partner
+        raster = read_raster(vv_or_vh)
+        shifted = raster.transform * Affine.translation(3000, 0)
+        write_raster(vv_or_vh, raster.data, crs=raster.crs, transform=shifted)
+    monkeypatch.setattr(report_module, "MAX_SKIPPED_FRACTION", 0.05)
+    report = tile_downstream("bigearthnet", root, tmp_path / "out")
+    (skipped,) = report["skipped"]
+    assert skipped["sample_id"] == refs[5].sample_id
+    assert skipped["file"] == str(refs[5].files["sar"][0])
+    assert "does not overlap its partner" in skipped["reason"]
+    assert refs[5].files["s2"][BEN_S2_BANDS.index("B02")].name in skipped["reason"]
+
+
+def test_impossible_sar_values_are_repaired_and_counted_per_file(tmp_path):
+    root = tmp_path / "data"
+    write_demo(root, seed=1, datasets=["bigearthnet"])
+    ref = BigEarthNet(root / "bigearthnet").refs[0]
+    vv = ref.files["sar"][SAR_BANDS.index("VV")]
+    raster = read_raster(vv)
+    data = raster.data.copy()
+    data[0, :2, :3] = 3e38  # finite, but no radar echo is 10^37 times the emitted power
+    data[0, 5, 5] = -1e6
+    write_raster(vv, data, crs=raster.crs, transform=raster.transform)
+    report = tile_downstream("bigearthnet", root, tmp_path / "out")
+    key = str(vv.relative_to(root))
+    assert report["implausible_by_file"] == {key: 7}
+    assert report["implausible_repaired"] == 7
+    impossible = np.abs(data[0]) > 1e5
+    stored = ShardSet(tmp_path / "out").get(0)["sar"][0]
+    assert (stored[impossible] == 0).all()  # 0 dB, as NaNs
+    kept = ~impossible & np.isfinite(data[0])
+    assert np.array_equal(stored[kept], data[0][kept])
 
 
 def test_window_grid_covers_borders_only_when_asked():

@@ -38,6 +38,10 @@ RGB_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 S2_MAX_REFLECTANCE = 10000.0
 SAR_DB_RANGE = (-25.0, 0.0)
+# σ0 values a radar can return at all: below -100 dB lies far under any sensor's noise floor
+# (~-25 dB for Sentinel-1), above +60 dB a pixel would return a million times the power that
+# falls on it. Values outside (e.g. a float32 fill of 3e38) are errors, repaired like NaN.
+SAR_DB_PLAUSIBLE = (-100.0, 60.0)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from msgfm.data.raster import read_raster
+from msgfm.data.raster import read_raster, require_overlap
 from msgfm.data.readers.base import DatasetReader, Sample, SampleRef, require_disjoint_splits
 from msgfm.data.readers.bigearthnet_labels import targets_from_class19, targets_from_clc43
 from msgfm.data.sensors import S2_BAND_METRES, S2_BANDS, SAR_BANDS, SAR_METRES, select_bands
@@ -174,28 +174,27 @@ class BigEarthNet(DatasetReader):
         """Read one pair: S2 on the 10 m grid (13 bands, B10 invalid), S1, labels → target.
 
         Every band must have its resolution's size (120² at 10 m, 60² at 20 m, 20² at 60 m):
-        a band of another size is a broken file, which resampling would only hide.
+        a band of another size is a broken file, which resampling would only hide. S1 must
+        lie on the ground its S2 partner covers.
         """
+        labels = self._labels(ref)  # first: a mispaired CSV line is named by the S1 JSON
         s2_files = ref.files["s2"]
-        stack = np.concatenate(
-            [
-                read_raster(
-                    path, bands=1, dtypes=("uint16",), shape=patch_shape(S2_BAND_METRES[band]),
-                    out_shape=GRID,
-                ).data
-                for band, path in zip(BEN_S2_BANDS, s2_files, strict=True)
-            ]
-        )  # fmt: skip
+        s2_rasters = [
+            read_raster(
+                path, bands=1, dtypes=("uint16",), shape=patch_shape(S2_BAND_METRES[band]),
+                out_shape=GRID,
+            )
+            for band, path in zip(BEN_S2_BANDS, s2_files, strict=True)
+        ]  # fmt: skip
+        stack = np.concatenate([raster.data for raster in s2_rasters])
         s2, s2_valid = select_bands(stack, BEN_S2_BANDS, S2_BANDS, source=str(s2_files[0].parent))
-        sar = np.concatenate(
-            [
-                read_raster(
-                    path, bands=1, dtypes=("float32",), shape=GRID, allow_nonfinite=True
-                ).data
-                for path in ref.files["sar"]
-            ]
-        )
-        labels = self._labels(ref)
+        sar_rasters = [
+            read_raster(path, bands=1, dtypes=("float32",), shape=GRID, allow_nonfinite=True)
+            for path in ref.files["sar"]
+        ]
+        # B02 is a 10 m band, read at its own size: its transform matches its pixels.
+        require_overlap(sar_rasters[0], s2_rasters[BEN_S2_BANDS.index("B02")])
+        sar = np.concatenate([raster.data for raster in sar_rasters])
         return Sample(
             sample_id=ref.sample_id,
             arrays={"s2": s2, "sar": sar},

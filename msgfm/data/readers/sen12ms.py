@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msgfm.data.raster import read_raster
+from msgfm.data.raster import read_raster, require_overlap
 from msgfm.data.readers.base import DatasetReader, Sample, SampleRef, require_disjoint_splits
 from msgfm.errors import DataError
 
@@ -139,14 +139,17 @@ class SEN12MS(DatasetReader):
 
 def read_patch(ref: SampleRef, sources: tuple[tuple[str, str, int, str], ...]) -> Sample:
     """Read the co-registered rasters of one SEN12MS(-CR) patch, checked for band count,
-    dtype and a common grid. Only SAR may hold NaN (no-data), which the tiler repairs."""
-    arrays = {}
-    for role, _, bands, dtype in sources:
-        raster = read_raster(
+    dtype, a common grid and S1 lying where S2 is. Only SAR may hold NaN (no-data), which
+    the tiler repairs."""
+    rasters = {
+        role: read_raster(
             ref.files[role][0], bands=bands, dtypes=(dtype,), allow_nonfinite=role == "sar"
         )
-        arrays[role] = raster.data
+        for role, _, bands, dtype in sources
+    }
+    arrays = {role: raster.data for role, raster in rasters.items()}
     require_same_grid(arrays, ref)
+    require_overlap(rasters["sar"], rasters["s2"])
     return Sample(
         sample_id=ref.sample_id,
         arrays=arrays,
