@@ -32,3 +32,10 @@ class ManualDownloadRequired(DataError):
 
 class UnsafeArchiveError(DataError):
     """An archive member would escape the extraction folder or is not a plain file/folder."""
+
+
+class UnknownNameError(MsgfmError, KeyError):
+    """A name that no registry of the package knows (a dataset, ...); the message lists the
+    known ones. Still a KeyError for callers, but printed by the CLI as one line."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the whole message

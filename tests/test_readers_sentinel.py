@@ -16,7 +16,14 @@ from msgfm.data.demo import sen12ms as demo_sen12ms
 from msgfm.data.demo import sen12ms_cr as demo_cr
 from msgfm.data.raster import read_raster, write_raster
 from msgfm.data.readers import sen12ms_cr
-from msgfm.data.readers.bigearthnet import BigEarthNet, read_v2_metadata, split_csv_path
+from msgfm.data.readers.bigearthnet import (
+    BEN_S2_BANDS,
+    S1_FOLDER,
+    S2_FOLDER,
+    BigEarthNet,
+    read_v2_metadata,
+    split_csv_path,
+)
 from msgfm.data.readers.bigearthnet_labels import (
     CLASS19_NAMES,
     CLC43_NAMES,
@@ -192,7 +199,7 @@ def test_ben_demo_pairs_bands_and_targets(demo: Path) -> None:
     assert sample.valid_bands["s2"].sum() == 12
     # A 20 m band comes back on the 10 m grid with its values preserved on average.
     b05 = S2_BANDS.index("B05")
-    native = reader.refs[0].files["s2"][list(demo_ben.BAND_METRES).index("B05")]
+    native = reader.refs[0].files["s2"][BEN_S2_BANDS.index("B05")]
     assert read_raster(native).data.shape == (1, 60, 60)
     assert abs(s2[b05].mean() - read_raster(native).data.mean()) < 0.02 * s2[b05].mean()
     assert np.array_equal(sample.meta["target"], targets_from_clc43(sample.meta["labels"]))
@@ -309,6 +316,16 @@ def test_nonfinite_s2_is_rejected_while_sar_nan_is_kept(tmp_path: Path) -> None:
     assert int(np.isnan(reader.read(reader.refs[0]).arrays["sar"]).sum()) == 9
 
 
+def test_sen12ms_s1_away_from_its_s2_names_both_files(tmp_path: Path) -> None:
+    root = _sen12ms_root(tmp_path)
+    s1 = root / SPRING / "s1_1" / f"{SPRING}_s1_1_p30.tif"
+    away = from_origin(520000, 5000000, 10, 10)  # 20 km east of TRANSFORM
+    write_raster(s1, np.full((2, 16, 16), -10, np.float32), crs="EPSG:32633", transform=away)
+    reader = SEN12MS(root)
+    with pytest.raises(DataError, match=f"does not overlap its partner {SPRING}_s2_1_p30.tif"):
+        reader.read(reader.refs[0])
+
+
 def test_missing_split_file_names_it(tmp_path: Path) -> None:
     root = _sen12ms_root(tmp_path)
     split_list_path(root, "test").unlink()
@@ -330,6 +347,74 @@ def test_malformed_split_line_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"line 2: .* is not an S2 patch name") as info:
         SEN12MS(root, "test")
     assert info.value.path == split_list_path(root, "test")
+
+
+def _ben_with_splits(demo: Path, root: Path, lines: dict[str, list[str]]) -> Path:
+    """The demo's BigEarthNet patches (linked) under ``root`` with hand-written split CSVs."""
+    root.mkdir()
+    for folder in (S2_FOLDER, S1_FOLDER):
+        (root / folder).symlink_to(demo / "bigearthnet" / folder, target_is_directory=True)
+    for split in ("train", "val", "test"):
+        split_csv_path(root, split).parent.mkdir(exist_ok=True)
+        split_csv_path(root, split).write_text("".join(f"{line}\n" for line in lines[split]))
+    return root
+
+
+def test_ben_repeated_or_shared_split_lines_are_refused(demo: Path, tmp_path: Path) -> None:
+    pairs = split_csv_path(demo / "bigearthnet", "train").read_text().splitlines()
+    val = split_csv_path(demo / "bigearthnet", "val").read_text().splitlines()
+    repeated = {"train": pairs[:3] + pairs[1:2], "val": val, "test": []}
+    root = _ben_with_splits(demo, tmp_path / "repeated", repeated)
+    first = pairs[1].split(",")[0]
+    with pytest.raises(DataError, match=f"listed more than once, first: {first}") as info:
+        BigEarthNet(root)
+    assert info.value.path == split_csv_path(root, "train")
+    shared = {"train": pairs[:3], "val": val, "test": [pairs[2], pairs[0]]}
+    root = _ben_with_splits(demo, tmp_path / "shared", shared)
+    with pytest.raises(
+        DataError, match=re.escape(f"also listed in {split_csv_path(root, 'train')}")
+    ) as info:
+        BigEarthNet(root)
+    assert info.value.path == split_csv_path(root, "test")
+    assert f"first: {pairs[2].split(',')[0]}, {pairs[0].split(',')[0]}" in str(info.value)
+    # An S1 patch paired with two S2 patches leaks as much as a repeated S2 patch.
+    s1_twice = {"train": pairs[:2], "val": [f"{val[0].split(',')[0]},{pairs[0].split(',')[1]}"],
+                "test": []}  # fmt: skip
+    root = _ben_with_splits(demo, tmp_path / "s1", s1_twice)
+    with pytest.raises(DataError, match=f"first: {pairs[0].split(',')[1]}"):
+        BigEarthNet(root)
+
+
+def test_sen12ms_repeated_or_shared_split_lines_are_refused(tmp_path: Path) -> None:
+    root = _sen12ms_root(tmp_path)
+    line = f"{SPRING}_s2_1_p30.tif"
+    split_list_path(root, "train").write_text(f"{line}\n{line}\n")
+    with pytest.raises(
+        DataError, match=rf"1 patch\(es\) listed more than once, first: {SPRING}_1_p30;"
+    ):
+        SEN12MS(root)
+    split_list_path(root, "train").write_text(f"{line}\n")
+    split_list_path(root, "test").write_text(f"{line}\n")
+    with pytest.raises(DataError, match=r"also listed in .*train_list\.txt") as info:
+        SEN12MS(root)
+    assert info.value.path == split_list_path(root, "test")
+
+
+def test_v2_metadata_with_a_repeated_patch_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "metadata.parquet"
+    frame = pd.DataFrame(
+        {
+            "patch_id": ["a", "b", "a"],
+            "labels": [["Pastures"]] * 3,
+            "split": ["train", "validation", "test"],
+            "s1_name": ["s1a", "s1b", "s1c"],
+            "contains_seasonal_snow": [False] * 3,
+            "contains_cloud_or_shadow": [False] * 3,
+        }
+    )
+    frame.to_parquet(path)
+    with pytest.raises(DataError, match="listed more than once, first: a"):
+        read_v2_metadata(path)
 
 
 def test_empty_folder_says_what_was_expected(tmp_path: Path) -> None:

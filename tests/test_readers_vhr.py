@@ -7,6 +7,7 @@ hold on values, and every kind of broken input must fail with the file and the p
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -337,6 +338,21 @@ def test_millionaid_demo_tree_and_images(demo_root: Path) -> None:
         assert min(rgb.shape[1:]) >= 200 and max(rgb.shape[1:]) <= 300
         sizes.add(rgb.shape)
     assert len(sizes) > 10
+
+
+def test_millionaid_test_folder_is_read_recursively_and_a_small_share_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    for relative in ("train/water_area/lake/lake_00001.jpg", "test/P0000001.jpg",
+                     "test/water_area/lake/P0000002.jpg", "test/a/b/c/P0000003.jpg"):  # fmt: skip
+        rgb_demo._write_jpeg(tmp_path / relative, rng.integers(0, 255, (3, 8, 8), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="msgfm.data.readers.rgb_collections"):
+        reader = MillionAID(tmp_path, "test")
+    assert [ref.sample_id for ref in reader.refs] == [
+        "test/P0000001.jpg", "test/a/b/c/P0000003.jpg", "test/water_area/lake/P0000002.jpg",
+    ]  # fmt: skip
+    assert f"3 images under {tmp_path / 'test'}, 0.0003 % of the 990,848" in caplog.text
 
 
 def test_geopile_demo_datasets_and_naip_tiff(demo_root: Path) -> None:

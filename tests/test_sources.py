@@ -95,3 +95,23 @@ def test_registry_rejects_ambiguous_entries_and_names_unknown_datasets() -> None
         Source("x", "X", "https://x", "c")
     with pytest.raises(KeyError, match="known: bigearthnet"):
         get_source("imagenet")
+
+
+def test_unknown_dataset_is_one_line_from_the_cli(tmp_path, capsys) -> None:
+    from msgfm.cli import main
+
+    assert main(["prepare", "nosuchset", "--data-root", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown dataset 'nosuchset'" in line and "known: bigearthnet" in line
+
+
+def test_millionaid_instructions_say_how_to_join_the_test_parts(tmp_path) -> None:
+    from msgfm.data.download import check_manual
+    from msgfm.errors import ManualDownloadRequired
+
+    with pytest.raises(ManualDownloadRequired) as info:
+        check_manual("millionaid", tmp_path)
+    message = str(info.value)
+    assert f"Put these files into {tmp_path / 'archives' / 'millionaid'}/" in message
+    assert "test.zip.001 … test.zip.017" in message
+    assert "cat test.zip.0?? > test.zip" in message

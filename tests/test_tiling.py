@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from msgfm.data.demo import write_demo
-from msgfm.data.readers.bigearthnet import BigEarthNet
+from msgfm.data.raster import read_raster, write_raster
+from msgfm.data.readers.bigearthnet import BEN_S2_BANDS, BigEarthNet
 from msgfm.data.readers.mdas import MDAS
 from msgfm.data.readers.sen12ms import SEN12MS
 from msgfm.data.readers.vaihingen import Vaihingen
+from msgfm.data.sensors import SAR_BANDS
 from msgfm.data.shards import ShardSet
 from msgfm.data.tiling import report as report_module
 from msgfm.data.tiling.downstream import tile_downstream
@@ -173,6 +176,74 @@ def test_unreadable_files_are_skipped_with_reasons_or_fail_the_run(
     assert report["samples"] == 63
     assert report["skipped"][0]["file"] == str(victim)
     assert "truncated or corrupt" in report["skipped"][0]["reason"]
+
+
+def test_tile_larger_than_the_patch_names_the_file(data_root, tmp_path):
+    first = SEN12MS(data_root / "sen12ms").refs[0]
+    with pytest.raises(DataError, match=r"256x256 px, smaller than the 300x300 tile") as info:
+        tile_pretrain("sen12ms", data_root, tmp_path, tile=300)
+    assert info.value.path == first.files["sar"][0]
+    assert not (tmp_path / "index.parquet").exists()
+
+
+def test_bigearthnet_band_of_the_wrong_size_skips_its_patch(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_demo(root, seed=1, datasets=["bigearthnet"])
+    refs = BigEarthNet(root / "bigearthnet").refs
+    b04 = refs[3].files["s2"][BEN_S2_BANDS.index("B04")]  # a 10 m band: 120² expected
+    vh = refs[7].files["sar"][SAR_BANDS.index("VH")]
+    for path, size in ((b04, 100), (vh, 60)):
+        raster = read_raster(path)
+        data = raster.data[:, :size, :size]
+        write_raster(path, data, crs=raster.crs, transform=raster.transform)
+    monkeypatch.setattr(report_module, "MAX_SKIPPED_FRACTION", 0.05)
+    tile_downstream("bigearthnet", root, tmp_path / "out")
+    shards = ShardSet(tmp_path / "out")
+    assert len(shards) == len(refs) - 2
+    skipped = {s["sample_id"]: s for s in shards.meta["report"]["skipped"]}
+    assert skipped.keys() == {refs[3].sample_id, refs[7].sample_id}
+    assert skipped[refs[3].sample_id]["file"] == str(b04)
+    assert "expected 120x120 px, found 100x100" in skipped[refs[3].sample_id]["reason"]
+    assert skipped[refs[7].sample_id]["file"] == str(vh)
+    assert "expected 120x120 px, found 60x60" in skipped[refs[7].sample_id]["reason"]
+
+
+def test_bigearthnet_s1_away_from_its_s2_is_skipped(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_demo(root, seed=1, datasets=["bigearthnet"])
+    refs = BigEarthNet(root / "bigearthnet").refs
+    for vv_or_vh in refs[5].files["sar"]:  # georeferenced 30 km east of its S2 partner
+        raster = read_raster(vv_or_vh)
+        shifted = raster.transform * Affine.translation(3000, 0)
+        write_raster(vv_or_vh, raster.data, crs=raster.crs, transform=shifted)
+    monkeypatch.setattr(report_module, "MAX_SKIPPED_FRACTION", 0.05)
+    report = tile_downstream("bigearthnet", root, tmp_path / "out")
+    (skipped,) = report["skipped"]
+    assert skipped["sample_id"] == refs[5].sample_id
+    assert skipped["file"] == str(refs[5].files["sar"][0])
+    assert "does not overlap its partner" in skipped["reason"]
+    assert refs[5].files["s2"][BEN_S2_BANDS.index("B02")].name in skipped["reason"]
+
+
+def test_impossible_sar_values_are_repaired_and_counted_per_file(tmp_path):
+    root = tmp_path / "data"
+    write_demo(root, seed=1, datasets=["bigearthnet"])
+    ref = BigEarthNet(root / "bigearthnet").refs[0]
+    vv = ref.files["sar"][SAR_BANDS.index("VV")]
+    raster = read_raster(vv)
+    data = raster.data.copy()
+    data[0, :2, :3] = 3e38  # finite, but no radar echo is 10^37 times the emitted power
+    data[0, 5, 5] = -1e6
+    write_raster(vv, data, crs=raster.crs, transform=raster.transform)
+    report = tile_downstream("bigearthnet", root, tmp_path / "out")
+    key = str(vv.relative_to(root))
+    assert report["implausible_by_file"] == {key: 7}
+    assert report["implausible_repaired"] == 7
+    impossible = np.abs(data[0]) > 1e5
+    stored = ShardSet(tmp_path / "out").get(0)["sar"][0]
+    assert (stored[impossible] == 0).all()  # 0 dB, as NaNs
+    kept = ~impossible & np.isfinite(data[0])
+    assert np.array_equal(stored[kept], data[0][kept])
 
 
 def test_window_grid_covers_borders_only_when_asked():

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
-from rasterio.transform import Affine
+from rasterio.transform import Affine, array_bounds
+from rasterio.warp import transform_bounds
 
 from msgfm.errors import DataError
 
@@ -36,12 +37,15 @@ def read_raster(
     bands: int | None = None,
     dtypes: Sequence[str] | None = None,
     allow_nonfinite: bool = False,
+    shape: tuple[int, int] | None = None,
     out_shape: tuple[int, int] | None = None,
     resampling: rasterio.enums.Resampling = rasterio.enums.Resampling.bilinear,
 ) -> Raster:
     """Read all bands of a raster and check what the caller relies on.
 
-    ``bands`` is the expected band count, ``dtypes`` the acceptable storage dtypes.
+    ``bands`` is the expected band count, ``dtypes`` the acceptable storage dtypes, ``shape``
+    the expected (rows, cols) on disk: a band stored at the wrong size is refused here, before
+    ``out_shape`` could resample it into place and hide the fault.
     ``out_shape`` resamples on read (rasterio's decimated/overview read), which is how the
     20 m and 60 m BigEarthNet bands are brought to the 10 m grid without an extra copy.
     Non-finite values are an error unless ``allow_nonfinite``: SAR σ0 legitimately holds NaN
@@ -60,6 +64,10 @@ def read_raster(
                 raise DataError(
                     path, f"expected dtype {' or '.join(dtypes)}, found {src.dtypes[0]}"
                 )
+            if shape is not None and (src.height, src.width) != tuple(shape):
+                raise DataError(
+                    path, f"expected {shape[0]}x{shape[1]} px, found {src.height}x{src.width}"
+                )
             if out_shape is None:
                 data = src.read()
             else:
@@ -74,6 +82,33 @@ def read_raster(
         if bad:
             raise DataError(path, f"{bad} non-finite (NaN/inf) pixel value(s)")
     return Raster(data=data, crs=crs, transform=transform, path=path)
+
+
+def require_overlap(raster: Raster, partner: Raster) -> None:
+    """Refuse a pair of rasters whose footprints do not overlap on the ground.
+
+    Paired sensors (S1 with S2) must image the same place, or cross-sensor pretraining and
+    fusion learn noise; a georeference kilometres off is a mislabelled or misplaced file. The
+    partner's bounds are brought into ``raster``'s CRS; rasters without a CRS are not checked.
+    """
+    if raster.crs is None or partner.crs is None:
+        return
+    here = array_bounds(*raster.data.shape[-2:], raster.transform)  # west, south, east, north
+    there = transform_bounds(
+        partner.crs, raster.crs, *array_bounds(*partner.data.shape[-2:], partner.transform)
+    )
+    if here[0] < there[2] and there[0] < here[2] and here[1] < there[3] and there[1] < here[3]:
+        return
+    raise DataError(
+        raster.path,
+        f"footprint {_rounded(here)} does not overlap its partner {partner.path.name} "
+        f"{_rounded(there)} (west, south, east, north in {raster.crs}); expected co-registered "
+        "patches",
+    )
+
+
+def _rounded(bounds: Sequence[float]) -> tuple[float, ...]:
+    return tuple(round(value, 1) for value in bounds)
 
 
 def write_raster(

@@ -20,6 +20,14 @@ S2_BANDS: tuple[str, ...] = (
     "B08", "B8A", "B09", "B10", "B11", "B12",
 )  # fmt: skip
 SAR_BANDS: tuple[str, ...] = ("VV", "VH")
+# Pixel size in metres of each Sentinel-2 band (10 m visible/NIR, 20 m red-edge/SWIR, 60 m
+# atmospheric) and of Sentinel-1 IW GRD products: the size a patch of a given extent has in
+# each band, which readers check instead of resampling whatever arrives.
+S2_BAND_METRES: dict[str, int] = {
+    "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
+    "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20,
+}  # fmt: skip
+SAR_METRES = 10
 RGB_BANDS: tuple[str, ...] = ("R", "G", "B")
 DSM_BANDS: tuple[str, ...] = ("DSM",)
 
@@ -30,6 +38,10 @@ RGB_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 S2_MAX_REFLECTANCE = 10000.0
 SAR_DB_RANGE = (-25.0, 0.0)
+# σ0 values a radar can return at all: below -100 dB lies far under any sensor's noise floor
+# (~-25 dB for Sentinel-1), above +60 dB a pixel would return a million times the power that
+# falls on it. Values outside (e.g. a float32 fill of 3e38) are errors, repaired like NaN.
+SAR_DB_PLAUSIBLE = (-100.0, 60.0)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from msgfm.errors import UnknownNameError
+
 SEASONS = ("1158_spring", "1868_summer", "1970_fall", "2017_winter")
 
 
@@ -310,7 +312,14 @@ _MILLIONAID = Source(
             RemoteFile("train.zip", _MILLIONAID_PAGE, "1b40503cafa9b0601653ca36cd788852", True),
             RemoteFile("test.zip", _MILLIONAID_PAGE, "51a63ee3eeb1351889eacff349a983d8", True),
         ),
-        how="The archives are shared through cloud-drive links on the Million-AID page.",
+        how=(
+            "The archives are shared through cloud-drive links on the Million-AID page. The "
+            "test set comes in 17 parts, test.zip.001 … test.zip.017 (plain byte splits of one "
+            "zip): put them in the folder below and join them there with "
+            "`cat test.zip.0?? > test.zip` (Windows: `copy /b test.zip.001+test.zip.002+…"
+            "+test.zip.017 test.zip`), then delete the parts; or unpack them with "
+            "`7z x test.zip.001` into the dataset folder named at the end."
+        ),
         layout=("train", "test"),
     ),
 )
@@ -355,6 +364,6 @@ def get_source(dataset: str) -> Source:
     try:
         return SOURCES[dataset]
     except KeyError:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown dataset {dataset!r}; known: {', '.join(sorted(SOURCES))}"
         ) from None

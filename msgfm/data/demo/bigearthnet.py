@@ -21,19 +21,20 @@ from rasterio.transform import from_origin
 
 from msgfm.data.demo.landscape import CLASSES, Acquisition, Landscape, render_s2, render_sar
 from msgfm.data.raster import write_raster
-from msgfm.data.readers.bigearthnet import S1_FOLDER, S2_FOLDER, split_csv_path
+from msgfm.data.readers.bigearthnet import (
+    BEN_S2_BANDS,
+    PATCH_METRES,
+    S1_FOLDER,
+    S2_FOLDER,
+    split_csv_path,
+)
 from msgfm.data.readers.bigearthnet_labels import CLC43_NAMES
-from msgfm.data.sensors import S2_BANDS, SAR_BANDS
+from msgfm.data.sensors import S2_BAND_METRES, S2_BANDS, SAR_BANDS, SAR_METRES
 
-PATCH_PIXELS = 120  # at 10 m: a 1.2 km patch
+PATCH_PIXELS = PATCH_METRES // SAR_METRES  # on the 10 m grid
 LABEL_MIN_FRACTION = 0.05
 BLOB_SCALE = 8.0  # class regions wide enough for 40-80 m field strips
 PATCHES_PER_SPLIT = {"train": 60, "val": 12, "test": 60}
-# Pixel size in metres of each band BigEarthNet ships (B10 is absent).
-BAND_METRES: dict[str, int] = {
-    "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
-    "B08": 10, "B8A": 20, "B09": 60, "B11": 20, "B12": 20,
-}  # fmt: skip
 CLC_OF_CLASS: dict[str, tuple[str, ...]] = {
     "water": ("Water bodies",),
     "forest": ("Coniferous forest",),
@@ -112,7 +113,8 @@ def _write_patch(
     crs = CRS.from_epsg(tile["epsg"])
     s2 = render_s2(land, rng, acquisition=acquisition)
     s2_dir = root / S2_FOLDER / s2_name
-    for band, metres in BAND_METRES.items():
+    for band in BEN_S2_BANDS:
+        metres = S2_BAND_METRES[band]
         factor = metres // 10
         data = s2[S2_BANDS.index(band)]
         coarse = data.reshape(PATCH_PIXELS // factor, factor, -1, factor).mean(axis=(1, 3))

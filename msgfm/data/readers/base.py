@@ -8,7 +8,8 @@ with bands in the canonical order of ``msgfm.data.sensors``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,3 +73,31 @@ class DatasetReader:
                 self.root,
                 f"{self.name}: no samples found; expected files like {pattern} under this folder",
             )
+
+
+def require_disjoint_splits(listed: dict[Path, Sequence[str]], *, shown: int = 3) -> None:
+    """Refuse split lists that name a patch twice, in one list or in two.
+
+    A repeated line tiles a patch twice (two rows with one ``sample_id``); a patch in both
+    train and test leaks test data into finetuning, and the paper's downstream numbers
+    (Tables 3-6) would no longer measure transfer. ``listed`` maps each split file to the
+    names it lists, in file order; the error names the file(s) and the first ``shown`` names.
+    """
+    seen_in: dict[str, Path] = {}
+    for path, names in listed.items():
+        counts = Counter(names)
+        repeated = list(dict.fromkeys(name for name in names if counts[name] > 1))
+        if repeated:
+            raise DataError(
+                path,
+                f"{len(repeated)} patch(es) listed more than once, first: "
+                f"{', '.join(repeated[:shown])}; expected each patch once",
+            )
+        shared = [name for name in names if name in seen_in]
+        if shared:
+            raise DataError(
+                path,
+                f"{len(shared)} patch(es) also listed in {seen_in[shared[0]]}, first: "
+                f"{', '.join(shared[:shown])}; expected every patch in one split only",
+            )
+        seen_in.update(dict.fromkeys(names, path))

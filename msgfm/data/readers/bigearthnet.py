@@ -14,8 +14,9 @@ Layout under ``root`` (= ``<data_root>/bigearthnet``)::
     BigEarthNet-S1-v1.0/<S1>/<S1>_labels_metadata.json       … corresponding_s2_patch …
     splits/train.csv, splits/val.csv, splits/test.csv        no header, lines ``<S2>,<S1>``
 
-The 20 m and 60 m bands are resampled (bilinear) onto the 10 m grid while reading, so every
-sample is one (13, 120, 120) stack in the canonical band order; B10 (cirrus) is not in
+Each band must have the size its resolution gives the 1.2 km patch (else the patch is refused,
+naming the file and both sizes); the 20 m and 60 m bands are then resampled (bilinear) onto
+the 10 m grid while reading, so every sample is one (13, 120, 120) stack in canonical order; B10 (cirrus) is not in
 BigEarthNet and comes back as zeros with ``valid_bands["s2"]`` False there.
 """
 
@@ -28,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from msgfm.data.raster import read_raster
-from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
+from msgfm.data.raster import read_raster, require_overlap
+from msgfm.data.readers.base import DatasetReader, Sample, SampleRef, require_disjoint_splits
 from msgfm.data.readers.bigearthnet_labels import targets_from_class19, targets_from_clc43
-from msgfm.data.sensors import S2_BANDS, SAR_BANDS, select_bands
+from msgfm.data.sensors import S2_BAND_METRES, S2_BANDS, SAR_BANDS, SAR_METRES, select_bands
 from msgfm.errors import DataError
 
 S2_FOLDER = "BigEarthNet-v1.0"
@@ -42,6 +43,18 @@ BEN_S2_BANDS: tuple[str, ...] = tuple(band for band in S2_BANDS if band != "B10"
 V2_COLUMNS: tuple[str, ...] = (
     "patch_id", "labels", "split", "s1_name", "contains_seasonal_snow", "contains_cloud_or_shadow",
 )  # fmt: skip
+# Every patch covers 1.2 km × 1.2 km (Sumbul et al. 2019), so a band's size follows from its
+# resolution.
+PATCH_METRES = 1200
+
+
+def patch_shape(metres: int) -> tuple[int, int]:
+    """(rows, cols) of a band of ``metres`` resolution over one BigEarthNet patch."""
+    return PATCH_METRES // metres, PATCH_METRES // metres
+
+
+# The 10 m grid every band is brought onto (S1 is stored on it already).
+GRID = patch_shape(SAR_METRES)
 # reBEN spells the validation split out; the rest of the pipeline says "val".
 _V2_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
@@ -114,10 +127,14 @@ class BigEarthNet(DatasetReader):
         excluded = set().union(*(read_patch_names(Path(p)) for p in exclude_lists))
         s2_names = self._folder_names(S2_FOLDER, "BigEarthNet-S2-v1.0.tar.gz")
         s1_names = self._folder_names(S1_FOLDER, "BigEarthNet-S1-v1.0.tar.gz")
+        csvs = {s: split_csv_path(self.root, s) for s in (SPLITS if split is None else (split,))}
+        listed = {pair_split: read_pairs(csv) for pair_split, csv in csvs.items()}
+        for side in (0, 1):  # S2 names, then S1 names: either repeated is a leak
+            require_disjoint_splits({csvs[s]: [p[side] for p in pairs] for s, pairs in listed.items()})
         refs = []
-        for pair_split in SPLITS if split is None else (split,):
-            csv = split_csv_path(self.root, pair_split)
-            for s2_name, s1_name in read_pairs(csv):
+        for pair_split, pairs in listed.items():
+            csv = csvs[pair_split]
+            for s2_name, s1_name in pairs:
                 if s2_name in excluded:
                     continue
                 for folder, name, present in (
@@ -154,28 +171,30 @@ class BigEarthNet(DatasetReader):
         )
 
     def read(self, ref: SampleRef) -> Sample:
-        """Read one pair: S2 on the 10 m grid (13 bands, B10 invalid), S1, labels → target."""
+        """Read one pair: S2 on the 10 m grid (13 bands, B10 invalid), S1, labels → target.
+
+        Every band must have its resolution's size (120² at 10 m, 60² at 20 m, 20² at 60 m):
+        a band of another size is a broken file, which resampling would only hide. S1 must
+        lie on the ground its S2 partner covers.
+        """
+        labels = self._labels(ref)  # first: a mispaired CSV line is named by the S1 JSON
         s2_files = ref.files["s2"]
-        reference = read_raster(s2_files[BEN_S2_BANDS.index("B02")], bands=1, dtypes=("uint16",))
-        grid = reference.data.shape[1:]
-        stack = np.concatenate(
-            [
-                read_raster(path, bands=1, dtypes=("uint16",), out_shape=grid).data
-                for path in s2_files
-            ]
-        )
-        s2, s2_valid = select_bands(stack, BEN_S2_BANDS, S2_BANDS, source=str(s2_files[0].parent))
-        sar = np.concatenate(
-            [
-                read_raster(path, bands=1, dtypes=("float32",), allow_nonfinite=True).data
-                for path in ref.files["sar"]
-            ]
-        )
-        if sar.shape[1:] != grid:
-            raise DataError(
-                ref.files["sar"][0], f"S1 patch is {sar.shape[1:]}, its S2 pair is {grid} at 10 m"
+        s2_rasters = [
+            read_raster(
+                path, bands=1, dtypes=("uint16",), shape=patch_shape(S2_BAND_METRES[band]),
+                out_shape=GRID,
             )
-        labels = self._labels(ref)
+            for band, path in zip(BEN_S2_BANDS, s2_files, strict=True)
+        ]  # fmt: skip
+        stack = np.concatenate([raster.data for raster in s2_rasters])
+        s2, s2_valid = select_bands(stack, BEN_S2_BANDS, S2_BANDS, source=str(s2_files[0].parent))
+        sar_rasters = [
+            read_raster(path, bands=1, dtypes=("float32",), shape=GRID, allow_nonfinite=True)
+            for path in ref.files["sar"]
+        ]
+        # B02 is a 10 m band, read at its own size: its transform matches its pixels.
+        require_overlap(sar_rasters[0], s2_rasters[BEN_S2_BANDS.index("B02")])
+        sar = np.concatenate([raster.data for raster in sar_rasters])
         return Sample(
             sample_id=ref.sample_id,
             arrays={"s2": s2, "sar": sar},
@@ -221,6 +240,7 @@ def read_v2_metadata(path: str | Path, *, drop_snow_cloud: bool = False) -> pd.D
     unknown = sorted(set(frame["split"]) - set(_V2_SPLITS))
     if unknown:
         raise DataError(path, f"unknown split value(s) {unknown}; expected {sorted(_V2_SPLITS)}")
+    require_disjoint_splits({path: frame["patch_id"].tolist()})
     frame = frame.assign(split=frame["split"].map(_V2_SPLITS))
     if drop_snow_cloud:
         flagged = frame["contains_seasonal_snow"] | frame["contains_cloud_or_shadow"]

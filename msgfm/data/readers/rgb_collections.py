@@ -13,6 +13,11 @@ from https://captain-whu.github.io/DiRS/ (manual download). Layout after extract
     <root>/train/<level-1>/<level-2>[/<level-3>]/*.jpg      scene classes as folders
     <root>/test/*.jpg                                       no labels
 
+Both folders are read recursively: a copy whose test images were sorted into class folders
+must not lose 99 % of the collection. The release holds 10,000 labelled train and 990,848 test
+images; a folder with less than half of its count is read with a warning (a partial extraction,
+or a deliberate subset such as the demo).
+
 GeoPile (Mendieta et al., "Towards Geospatial Foundation Models via Continual Pretraining",
 ICCV 2023; OneDrive link in the GFM README, manual download). Layout::
 
@@ -23,6 +28,7 @@ with source datasets NAIP, RSD46-WHU, MLRSNet, RESISC45 and PatternNet.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +41,12 @@ from msgfm.errors import DataError
 PILLOW_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 GEOPILE_FOLDER = "GeoPileV0"
+# Images per folder of the Million-AID release (Long et al. 2021), and the share below which a
+# read warns.
+MILLIONAID_IMAGES: dict[str, int] = {"train": 10_000, "test": 990_848}
+MILLIONAID_WARN_SHARE = 0.5
+
+log = logging.getLogger(__name__)
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -56,13 +68,12 @@ def load_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
-    """Image files under a folder, sorted by path for a deterministic sample order."""
+def _image_files(folder: Path) -> list[Path]:
+    """Image files anywhere under a folder, sorted by path for a deterministic sample order."""
     if not folder.is_dir():
         return []
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
     suffixes = PILLOW_SUFFIXES | TIFF_SUFFIXES
-    return sorted(p for p in candidates if p.suffix.lower() in suffixes and p.is_file())
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
 
 
 class _RGBCollection(DatasetReader):
@@ -93,7 +104,15 @@ class MillionAID(_RGBCollection):
             raise ValueError(f"split must be None, 'train' or 'test', not {split!r}")
         for part in ("train", "test") if split is None else (split,):
             folder = self.root / part
-            for path in _image_files(folder, recursive=part == "train"):
+            images = _image_files(folder)
+            expected = MILLIONAID_IMAGES[part]
+            if len(images) < MILLIONAID_WARN_SHARE * expected:
+                log.warning(
+                    "%d images under %s, %.2g %% of the %s the Million-AID release holds: "
+                    "an incomplete extraction?",
+                    len(images), folder, 100 * len(images) / expected, f"{expected:,}",
+                )  # fmt: skip
+            for path in images:
                 levels = path.relative_to(folder).parts[:-1]
                 self.refs.append(
                     SampleRef(
@@ -120,7 +139,7 @@ class GeoPile(_RGBCollection):
         if split not in (None, "train"):
             raise ValueError(f"GeoPile is pretraining data without splits; got split={split!r}")
         base = self.root / GEOPILE_FOLDER
-        for path in _image_files(base, recursive=True):
+        for path in _image_files(base):
             parts = path.relative_to(base).parts
             if len(parts) != 3:
                 continue  # not <dataset>/<class>/<image>: e.g. a README or a stray file

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from msgfm.data.raster import read_raster
-from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
+from msgfm.data.raster import read_raster, require_overlap
+from msgfm.data.readers.base import DatasetReader, Sample, SampleRef, require_disjoint_splits
 from msgfm.errors import DataError
 
 SEASONS: tuple[str, ...] = (
@@ -57,6 +57,11 @@ def split_list_path(root: Path, split: str) -> Path:
 def patch_path(root: Path, season: str, source: str, scene: int, patch: int) -> Path:
     """The real file name of one patch of one source (s1, s2 or lc)."""
     return root / season / f"{source}_{scene}" / f"{season}_{source}_{scene}_p{patch}.tif"
+
+
+def triplet_id(season: str, scene: int, patch: int) -> str:
+    """The id of one SEN12MS triplet, e.g. ``ROIs1158_spring_1_p30``."""
+    return f"{season}_{scene}_p{patch}"
 
 
 def parse_split_list(path: Path) -> list[tuple[str, int, int]]:
@@ -95,10 +100,14 @@ class SEN12MS(DatasetReader):
         self.split = split
         listings: dict[Path, set[str]] = {}
         missing: list[Path] = []
+        lists = {s: split_list_path(self.root, s) for s in (SPLITS if split is None else (split,))}
+        listed = {list_split: parse_split_list(path) for list_split, path in lists.items()}
+        require_disjoint_splits(
+            {lists[s]: [triplet_id(*entry) for entry in entries] for s, entries in listed.items()}
+        )
         refs = []
-        for list_split in SPLITS if split is None else (split,):
-            list_file = split_list_path(self.root, list_split)
-            for season, scene, patch in parse_split_list(list_file):
+        for list_split, entries in listed.items():
+            for season, scene, patch in entries:
                 files = {
                     role: (patch_path(self.root, season, source, scene, patch),)
                     for role, source, _, _ in _SOURCES
@@ -108,7 +117,7 @@ class SEN12MS(DatasetReader):
                 if not absent:
                     refs.append(
                         SampleRef(
-                            sample_id=f"{season}_{scene}_p{patch}",
+                            sample_id=triplet_id(season, scene, patch),
                             files=files,
                             split=list_split,
                             meta={"season": season, "scene": scene, "patch": patch},
@@ -130,14 +139,17 @@ class SEN12MS(DatasetReader):
 
 def read_patch(ref: SampleRef, sources: tuple[tuple[str, str, int, str], ...]) -> Sample:
     """Read the co-registered rasters of one SEN12MS(-CR) patch, checked for band count,
-    dtype and a common grid. Only SAR may hold NaN (no-data), which the tiler repairs."""
-    arrays = {}
-    for role, _, bands, dtype in sources:
-        raster = read_raster(
+    dtype, a common grid and S1 lying where S2 is. Only SAR may hold NaN (no-data), which
+    the tiler repairs."""
+    rasters = {
+        role: read_raster(
             ref.files[role][0], bands=bands, dtypes=(dtype,), allow_nonfinite=role == "sar"
         )
-        arrays[role] = raster.data
+        for role, _, bands, dtype in sources
+    }
+    arrays = {role: raster.data for role, raster in rasters.items()}
     require_same_grid(arrays, ref)
+    require_overlap(rasters["sar"], rasters["s2"])
     return Sample(
         sample_id=ref.sample_id,
         arrays=arrays,

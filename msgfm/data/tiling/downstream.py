@@ -47,7 +47,7 @@ Rows = Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]
 
 
 def bigearthnet_rows(sample: Sample, ref: SampleRef, report: TilingReport, **_: int) -> Rows:
-    report.repair_nonfinite(sample.arrays["sar"], ref.files["sar"])
+    report.repair_sar(sample.arrays["sar"], ref.files["sar"])
     arrays = {
         "s2": sample.arrays["s2"],
         "sar": sample.arrays["sar"],
@@ -57,7 +57,7 @@ def bigearthnet_rows(sample: Sample, ref: SampleRef, report: TilingReport, **_: 
 
 
 def sen12ms_cr_rows(sample: Sample, ref: SampleRef, report: TilingReport, **_: int) -> Rows:
-    report.repair_nonfinite(sample.arrays["sar"], ref.files["sar"])
+    report.repair_sar(sample.arrays["sar"], ref.files["sar"])
     yield sample.sample_id, {r: sample.arrays[r] for r in ("sar", "s2_cloudy", "s2")}, {}
 
 

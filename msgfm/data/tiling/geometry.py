@@ -7,18 +7,30 @@ alias, and which is several times faster than scipy's zoom on large rasters.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
+
+from msgfm.errors import DataError
 
 # Pillow modes that hold one band of a numpy dtype without conversion.
 _PIL_MODES = {np.dtype(np.uint8): "L", np.dtype(np.float32): "F"}
 
 
-def centre_crop(array: np.ndarray, size: int) -> np.ndarray:
-    """The central ``size`` × ``size`` pixels of a (C, H, W) array, as a view."""
+def centre_crop(array: np.ndarray, size: int, *, source: str | Path = "<array>") -> np.ndarray:
+    """The central ``size`` × ``size`` pixels of a (C, H, W) array, as a view.
+
+    ``source`` is the file the array came from: a tile larger than the patch is a setting
+    that does not fit the data, and the user needs to know which file showed it.
+    """
     height, width = array.shape[-2:]
     if height < size or width < size:
-        raise ValueError(f"cannot crop {size}x{size} from {height}x{width}")
+        raise DataError(
+            source,
+            f"{height}x{width} px, smaller than the {size}x{size} tile; expected a tile no "
+            "larger than the source patches (lower the tile setting)",
+        )
     top, left = (height - size) // 2, (width - size) // 2
     return array[..., top : top + size, left : left + size]
 

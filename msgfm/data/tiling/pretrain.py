@@ -52,9 +52,10 @@ def open_reader(source: str, data_root: Path) -> DatasetReader:
 
 
 def sen12ms_tiles(sample: Sample, ref: SampleRef, report: TilingReport, tile: int) -> Tiles:
-    sar = centre_crop(sample.arrays["sar"], tile)
-    report.repair_nonfinite(sar, ref.files["sar"])
-    yield sample.sample_id, {"sar": sar, "s2": centre_crop(sample.arrays["s2"], tile)}, {}
+    sar = centre_crop(sample.arrays["sar"], tile, source=ref.files["sar"][0])
+    report.repair_sar(sar, ref.files["sar"])
+    s2 = centre_crop(sample.arrays["s2"], tile, source=ref.files["s2"][0])
+    yield sample.sample_id, {"sar": sar, "s2": s2}, {}
 
 
 def mdas_tiles(sample: Sample, tile: int, resize_to: int, window: int) -> Tiles:

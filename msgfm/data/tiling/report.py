@@ -2,8 +2,8 @@
 
 The report is stored in the shard set's meta.json and returned to the workflow, so a user can
 see (and the benchmarks can time) exactly what went into a shard set: how many files and
-megabytes were read, how many SAR pixels were NaN and set to 0 dB (per file), and which
-samples were skipped and why.
+megabytes were read, how many SAR pixels were NaN or physically impossible and set to 0 dB
+(per file), and which samples were skipped and why.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
+from msgfm.data.sensors import SAR_DB_PLAUSIBLE
 from msgfm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class TilingReport:
         self.files_read = 0
         self.source_bytes = 0
         self.nonfinite_by_file: dict[str, int] = {}
+        self.implausible_by_file: dict[str, int] = {}
         self.skipped: list[dict[str, str]] = []
 
     def relative(self, path: Path) -> str:
@@ -55,23 +57,32 @@ class TilingReport:
                 self.files_read += 1
                 self.source_bytes += Path(path).stat().st_size
 
-    def repair_nonfinite(self, array: np.ndarray, paths: Sequence[Path], fill: float = 0.0) -> int:
-        """Replace NaN/inf in ``array`` in place by ``fill`` (0 dB for SAR), counted per file.
+    def repair_sar(self, array: np.ndarray, paths: Sequence[Path]) -> int:
+        """Set SAR no-data (NaN/inf) and impossible σ0 to 0 dB in place, counted per file.
 
-        ``paths`` are the files the array came from: one multi-band file, or one file per
-        band (BigEarthNet's VV and VH), so the count lands on the file that holds the NaNs.
+        Impossible means outside ``SAR_DB_PLAUSIBLE`` (a float32 fill of 3e38 dB, say): such
+        a pixel would dominate any statistic and clip to an extreme once normalised. ``paths``
+        are the files the array came from: one multi-band file, or one file per band
+        (BigEarthNet's VV and VH), so each count lands on the file that holds the pixels.
         """
+        low, high = SAR_DB_PLAUSIBLE
         parts = list(zip(array, paths, strict=True)) if len(paths) > 1 else [(array, paths[0])]
         total = 0
         for part, path in parts:
-            bad = ~np.isfinite(part)
-            count = int(np.count_nonzero(bad))
-            if count:
-                part[bad] = fill
-                key = self.relative(path)
-                self.nonfinite_by_file[key] = self.nonfinite_by_file.get(key, 0) + count
-                log.info("%s: %d non-finite pixel(s) set to %s", key, count, fill)
-            total += count
+            nonfinite = ~np.isfinite(part)
+            with np.errstate(invalid="ignore"):
+                implausible = (part < low) | (part > high)
+            key = self.relative(path)
+            for mask, counts, what in (
+                (nonfinite, self.nonfinite_by_file, "non-finite"),
+                (implausible, self.implausible_by_file, f"outside {low:g}..{high:g} dB"),
+            ):
+                count = int(np.count_nonzero(mask))
+                if count:
+                    part[mask] = 0.0
+                    counts[key] = counts.get(key, 0) + count
+                    log.info("%s: %d %s pixel(s) set to 0 dB", key, count, what)
+                total += count
         return total
 
     def read_all(self, reader: DatasetReader) -> Iterator[tuple[SampleRef, Sample]]:
@@ -109,5 +120,7 @@ class TilingReport:
             "source_mb_per_s": round(megabytes / seconds, 3) if seconds > 0 else None,
             "nonfinite_repaired": sum(self.nonfinite_by_file.values()),
             "nonfinite_by_file": self.nonfinite_by_file,
+            "implausible_repaired": sum(self.implausible_by_file.values()),
+            "implausible_by_file": self.implausible_by_file,
             "skipped": self.skipped,
         }
