@@ -29,13 +29,13 @@ import yaml
 import yte
 from snakemake.utils import update_config
 
+from msgfm.plan import TABLE_NAMES
 from msgfm.tables.paper import TABLES
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "workflow" / "scripts" / "slurm_localhost.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.v9+.yaml"
 CONFIGS = ("config/demo.yaml", "tests/slurm_demo.yaml")
-TABLE_NAMES = ("table3", "table5", "table6")
 # Two pretraining jobs of two processes each (tests/slurm_demo.yaml) run side by side.
 NODE_GPUS = 4
 # The signal lead must stay below the demo's 10-minute runtimes, or jobs are warned at once.
