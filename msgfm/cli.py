@@ -159,6 +159,7 @@ def _estimate_cost(args: argparse.Namespace) -> object:
     from snakemake.utils import update_config, validate
 
     from msgfm.cost import estimate, measured_throughput, shard_sizes
+    from msgfm.plan import experiments
     from msgfm.tracking import resolve_tracking_uri
 
     config: dict = {}
@@ -169,8 +170,7 @@ def _estimate_cost(args: argparse.Namespace) -> object:
     throughput = {}
     if args.measured:
         uri = resolve_tracking_uri(config["tracking_uri"], results)
-        throughput = measured_throughput(uri, ["msgfm-finetune", "msgfm-table3", "msgfm-table5",
-                                               "msgfm-table6"])  # fmt: skip
+        throughput = measured_throughput(uri, experiments(config))
     jobs, per_table = estimate(config, shard_sizes(results / "shards"), throughput)
     if args.out:
         jobs.to_csv(args.out, index=False)

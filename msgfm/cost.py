@@ -1,7 +1,8 @@
 """What a configuration will cost before it runs: GPU-hours per job and per paper table.
 
-A pretraining variant costs epochs × samples per epoch / throughput; a finetuning cell costs
-epochs × its training samples / throughput. Sample counts come from the shard sets when they
+The jobs priced are those the workflow runs, each once (msgfm.plan). A pretraining variant
+costs epochs × samples per epoch / throughput; a finetuning cell costs epochs × its training
+samples / throughput. Sample counts come from the shard sets when they
 exist (measured), else from ``cost.samples`` (configured: the datasets' published sizes).
 Throughput per GPU is configured (``cost.throughput``) or, with ``measured=True``, the mean
 ``samples_per_s`` that finished jobs of the same kind logged to MLflow. After the run, every
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from msgfm import plan
 
 SECONDS_PER_HOUR = 3600.0
 # Minutes of each time-limited SLURM job that train nothing: start-up, data statistics, the
@@ -60,49 +63,44 @@ def _samples(sizes: Mapping[str, int], dataset: str, configured: Mapping[str, in
     raise KeyError(f"no sample count for {dataset!r}: tile it first or set cost.samples.{dataset}")
 
 
+def pretrain_samples(config: Mapping[str, Any], variant: str, sizes: Mapping[str, int]) -> int:
+    """Samples a variant's job trains on: epochs × the samples of an epoch of heterogeneous
+    batches, whose global size is the per-GPU batch × the job's GPUs on all its nodes."""
+    pre = config["pretrain"]
+    gpus = int(pre["nodes"]) * int(pre["gpus_per_node"])
+    names = plan.variant_sources(pre["sources"], config["variants"][variant])
+    sources = [pre["sources"][name] for name in names]
+    configured = config["cost"]["samples"]
+    source_sizes = [
+        sum(_samples(sizes, d, configured) for d in source["datasets"]) for source in sources
+    ]
+    steps = min(n // (s["batch_size"] * gpus) for n, s in zip(source_sizes, sources, strict=True))
+    if pre.get("max_steps_per_epoch"):
+        steps = min(steps, pre["max_steps_per_epoch"])
+    per_epoch = steps * sum(s["batch_size"] for s in sources) * gpus
+    return plan.variant_epochs(config, variant) * per_epoch
+
+
 def pretrain_jobs(
     config: Mapping[str, Any], sizes: Mapping[str, int], throughput: Mapping[str, float]
 ) -> list[dict[str, Any]]:
-    """One line per pretraining variant: samples per epoch from the heterogeneous batches,
-    whose global size is the per-GPU batch × the job's GPUs on all its nodes."""
+    """One line per pretraining job (msgfm.plan)."""
     pre = config["pretrain"]
-    gpus = int(pre["nodes"]) * int(pre["gpus_per_node"])
-    configured = config["cost"]["samples"]
-
-    def samples_per_epoch(names: Iterable[str]) -> int:
-        sources = [pre["sources"][name] for name in names]
-        source_sizes = [
-            sum(_samples(sizes, d, configured) for d in source["datasets"]) for source in sources
-        ]
-        steps = min(
-            n // (s["batch_size"] * gpus) for n, s in zip(source_sizes, sources, strict=True)
-        )
-        if pre.get("max_steps_per_epoch"):
-            steps = min(steps, pre["max_steps_per_epoch"])
-        return steps * sum(s["batch_size"] for s in sources) * gpus
-
     rate = throughput.get("pretrain", config["cost"]["throughput"]["pretrain"])
     lines = []
-    for name, variant in config["variants"].items():
-        # a variant restricted to some sources (Fig. 4) reads only those
-        per_epoch = samples_per_epoch(variant.get("sources") or pre["sources"])
-        # as rules/common.smk's pretrain_job_config (the Snakefile does not import torch)
-        epochs = variant["epochs"]
-        if pre.get("epochs_cap"):
-            epochs = min(epochs, pre["epochs_cap"])
-        epochs = (pre.get("epochs_override") or {}).get(name, epochs)
+    for name in plan.pretrain_variants(config):
+        table = config["variants"][name]["table"]
+        samples = pretrain_samples(config, name, sizes)
         lines.append(
             {
                 # the grid that finetunes it: table3/5/6, or fig4 for the Fig. 4 variants
-                "table": variant["table"]
-                if variant["table"].startswith("fig")
-                else f"table{variant['table']}",
+                "table": table if table.startswith("fig") else f"table{table}",
                 "stage": "pretrain",
-                "job": name,
+                "job": plan.pretrain_job_dir(name),
                 "nodes": int(pre["nodes"]),
-                "gpus": gpus,
-                "samples": epochs * per_epoch,
-                "gpu_hours": epochs * per_epoch / rate / SECONDS_PER_HOUR,
+                "gpus": int(pre["nodes"]) * int(pre["gpus_per_node"]),
+                "samples": samples,
+                "gpu_hours": samples / rate / SECONDS_PER_HOUR,
             }
         )
     return lines
@@ -111,35 +109,27 @@ def pretrain_jobs(
 def finetune_jobs(
     config: Mapping[str, Any], sizes: Mapping[str, int], throughput: Mapping[str, float]
 ) -> list[dict[str, Any]]:
-    """One line per finetuning cell of every grid that runs (a grid named tableN feeds it)."""
+    """One line per finetuning job (msgfm.plan), under the first grid that names it: a cell
+    that Table 12 or Fig. 4 shares with Table 6 is counted once, as it runs once."""
     settings = config["finetune"]
     configured = config["cost"]["samples"]
-    names = settings["run"] if settings["run"] is not None else list(settings["grids"])
     lines = []
-    for grid_name in names:
-        grid = settings["grids"][grid_name]
-        for init in grid["inits"]:
-            if init == "in22k" and not settings["in22k"]:
-                continue
-            for task, fractions in grid["tasks"].items():
-                recipe = {**settings["defaults"], **settings["tasks"].get(task, {})}
-                train = _samples(sizes, f"{task}/train", configured)
-                rate = throughput.get(task, config["cost"]["throughput"]["finetune"])
-                for fraction in fractions:
-                    samples = recipe["epochs"] * max(1, round(train * fraction))
-                    cells = len(grid["transfers"]) * len(grid["seeds"] or settings["seeds"])
-                    cells *= len(grid.get("inputs") or ["all"])
-                    lines.append(
-                        {
-                            "table": grid_name,
-                            "stage": "finetune",
-                            "job": f"{task}/{init}/frac{fraction:g} x{cells}",
-                            "nodes": 1,
-                            "gpus": int(settings["gpus"]),
-                            "samples": samples * cells,
-                            "gpu_hours": samples * cells / rate / SECONDS_PER_HOUR,
-                        }
-                    )
+    for cell, grid in plan.finetune_cells(config).items():
+        recipe = {**settings["defaults"], **settings["tasks"].get(cell.task, {})}
+        train = _samples(sizes, f"{cell.task}/train", configured)
+        rate = throughput.get(cell.task, config["cost"]["throughput"]["finetune"])
+        samples = recipe["epochs"] * max(1, round(train * float(cell.fraction)))
+        lines.append(
+            {
+                "table": grid,
+                "stage": "finetune",
+                "job": cell.job_dir,
+                "nodes": 1,
+                "gpus": int(settings["gpus"]),
+                "samples": samples,
+                "gpu_hours": samples / rate / SECONDS_PER_HOUR,
+            }
+        )
     return lines
 
 
@@ -163,7 +153,9 @@ def requeue_limit(
     """Times a variant's SLURM job may requeue itself at its time limit (msgfm.train.launch):
     the chain of ``runtime_min``-minute jobs its estimated wall time needs, less the first,
     plus ``resources.requeue_spare`` for preemptions and slower nodes than estimated."""
-    line = next(line for line in pretrain_jobs(config, sizes, {}) if line["job"] == variant)
-    wall_min = line["gpu_hours"] * 60 / line["gpus"]
+    pre = config["pretrain"]
+    gpus = int(pre["nodes"]) * int(pre["gpus_per_node"])
+    rate = config["cost"]["throughput"]["pretrain"]
+    wall_min = pretrain_samples(config, variant, sizes) / rate / 60 / gpus
     chain = math.ceil(wall_min / max(runtime_min - ATTEMPT_OVERHEAD_MIN, 1))
     return max(chain - 1, 0) + int(config["resources"]["requeue_spare"])

@@ -1,51 +1,32 @@
 # Config lookups and input functions shared by the rule files (no rules here).
-import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from msgfm import plan
 from msgfm.cost import requeue_limit
+from msgfm.plan import BASELINE_INITS, TABLE_NAMES
 from msgfm.tracking import check_cluster_store, resolve_tracking_uri
 
 DATA = Path(config["data_root"])
 RESULTS = Path(config["results_root"])
 LOGS = RESULTS / "logs"
 SHARDS = RESULTS / "shards"
-PRETRAIN = RESULTS / "pretrain"
+PRETRAIN = RESULTS / plan.PRETRAIN_DIR
 
 PRETRAIN_SOURCES = config["pretrain_sources"]
 DOWNSTREAM_TASKS = config["downstream_tasks"]
 DATASETS = sorted(set(PRETRAIN_SOURCES) | set(DOWNSTREAM_TASKS))
 VARIANTS = config["variants"]
-FINETUNE = RESULTS / "finetune"
+FINETUNE = RESULTS / plan.FINETUNE_DIR
 TABLES = RESULTS / "tables"
-TABLE_NAMES = ("table3", "table5", "table6")
 # Cells fed a subset of the task's sensors (finetune.grids.<grid>.inputs).
-FINETUNE_INPUTS = RESULTS / "finetune_inputs"
+FINETUNE_INPUTS = RESULTS / plan.INPUTS_DIR
 FIGURES = RESULTS / "figures"
 # Snakemake's wall time and memory of every training job (bench/demo_dag.py reads them).
 BENCHMARKS = RESULTS / "benchmarks"
-# A variant is pretrained for the tables, or for a figure (its "table", e.g. fig4) when on.
-PRETRAINED = [
-    name
-    for name, variant in VARIANTS.items()
-    if config["figures"].get(variant["table"], True)
-]
-
-
-def table_experiment(table):
-    """The MLflow experiment of a table or figure: "6" -> msgfm-table6, "fig4" -> msgfm-fig4."""
-    return f"msgfm-table{table}" if str(table).isdigit() else f"msgfm-{table}"
-
-
-# One MLflow experiment per paper table: its pretraining runs, the finetuning runs that start
-# from them (finetune_experiment) and its "tables" run (msgfm.tracking).
-EXPERIMENTS = sorted(
-    {table_experiment(v["table"]) for v in VARIANTS.values()}
-    | {f"msgfm-{name}" for name in TABLE_NAMES}
-)
 # Settings of the pretraining rule itself, not of the training job (the process layout reaches
 # the job as its world size).
 _RULE_ONLY = {"epochs_cap", "epochs_override", "nodes", "gpus_per_node", "threads"}
@@ -85,10 +66,9 @@ def downstream_options(wildcards):
 
 
 def pretrain_shards(wildcards):
-    """The pretraining shard sets that the variant's sources read: all configured sources,
-    or those its ``sources`` names (Fig. 4's single-sensor variants: SEN12MS only)."""
+    """The pretraining shard sets that the variant's sources read (msgfm.plan)."""
     sources = config["pretrain"]["sources"]
-    names = VARIANTS[wildcards.variant].get("sources") or sources
+    names = plan.variant_sources(sources, VARIANTS[wildcards.variant])
     return sorted(
         {SHARDS / "pretrain" / d for name in names for d in sources[name]["datasets"]}
     )
@@ -96,14 +76,11 @@ def pretrain_shards(wildcards):
 
 def pretrain_job_config(wildcards):
     """The resolved config of one pretraining variant, as the job receives it (JSON)."""
-    variant = {**VARIANTS[wildcards.variant], "name": wildcards.variant}
-    cap = config["pretrain"]["epochs_cap"]
-    if cap:
-        variant["epochs"] = min(variant["epochs"], cap)
-    # demo: the variant finetuning compares with random init trains past the cap
-    override = (config["pretrain"].get("epochs_override") or {}).get(wildcards.variant)
-    if override:
-        variant["epochs"] = override
+    variant = {
+        **VARIANTS[wildcards.variant],
+        "name": wildcards.variant,
+        "epochs": plan.variant_epochs(config, wildcards.variant),
+    }
     job = {
         "variant": variant,
         "model": config["model"],
@@ -113,7 +90,7 @@ def pretrain_job_config(wildcards):
         "world_size": PRETRAIN_WORLD_SIZE,
         "shards_root": str(SHARDS / "pretrain"),
         "results_root": str(RESULTS),
-        "experiment": table_experiment(variant["table"]),
+        "experiment": plan.experiment(variant["table"]),
     }
     return json.dumps(job, sort_keys=True)
 
@@ -153,94 +130,29 @@ def shard_sizes_now():
 
 
 def all_targets():
-    """Everything the workflow builds: shard sets, encoders (+ report summaries), finetuned cells
-    and the tables."""
+    """Everything the workflow builds: shard sets, the jobs msgfm.plan plans (encoders with
+    their report summaries, finetuned cells), the tables and the figures that are on."""
+    variants = plan.pretrain_variants(config)
     return (
         [SHARDS / "pretrain" / source for source in PRETRAIN_SOURCES]
         + [SHARDS / "downstream" / task for task in DOWNSTREAM_TASKS]
-        + [PRETRAIN / variant / "encoder.pt" for variant in PRETRAINED]
-        + [PRETRAIN / variant / "summary.png" for variant in PRETRAINED]
-        + finetune_targets()
-        + input_targets()
+        + [PRETRAIN / variant / "encoder.pt" for variant in variants]
+        + [PRETRAIN / variant / "summary.png" for variant in variants]
+        + [cell_target(cell) for cell in sorted(plan.finetune_cells(config))]
         + [TABLES / f"{name}.md" for name in TABLE_NAMES]
         + figure_targets()
     )
 
 
 # Finetuning (rules/finetune.smk).
-FINETUNE_INITS = {"random", "in22k"}  # besides the pretraining variants
+def cell_target(cell):
+    """A cell's (msgfm.plan.Cell) metrics.json."""
+    return RESULTS / cell.job_dir / "metrics.json"
 
 
-def fraction_label(fraction):
-    """A fraction as paths and tags spell it (0.01 -> "0.01", 1.0 -> "1");
-    msgfm.finetune.subsets.format_fraction is the same rule."""
-    return f"{float(fraction):g}"
-
-
-@functools.cache
-def grid_cells(name):
-    """The (task, init, transfer, fraction, seed, inputs) cells of one grid, validated; cached:
-    the config is fixed once parsed, and several rules ask."""
-    settings = config["finetune"]
-    grid = settings["grids"][name]
-    cells = set()
-    for init in grid["inits"]:
-        if init not in VARIANTS and init not in FINETUNE_INITS:
-            raise ValueError(
-                f"config finetune.grids.{name}.inits: {init!r} is neither a variant "
-                f"({', '.join(VARIANTS)}) nor one of {sorted(FINETUNE_INITS)}"
-            )
-        if init == "in22k" and not settings["in22k"]:
-            continue
-        for task, fractions in grid["tasks"].items():
-            if task not in DOWNSTREAM_TASKS:
-                raise ValueError(
-                    f"config finetune.grids.{name}.tasks: {task!r} is not among "
-                    f"downstream_tasks {DOWNSTREAM_TASKS}"
-                )
-            for fraction in fractions:
-                for transfer in grid["transfers"]:
-                    for seed in grid["seeds"] or settings["seeds"]:
-                        for inputs in grid["inputs"]:
-                            label = fraction_label(fraction)
-                            cells.add((task, init, transfer, label, seed, inputs))
-    return frozenset(cells)
-
-
-def run_grids():
-    """The grids that run: finetune.run, or every grid but those of figures turned off."""
-    settings = config["finetune"]
-    if settings["run"] is None:
-        figures = config["figures"]
-        return [name for name in settings["grids"] if figures.get(name, True)]
-    unknown = sorted(set(settings["run"]) - set(settings["grids"]))
-    if unknown:
-        raise ValueError(
-            f"config finetune.run names grids {unknown}; defined: {sorted(settings['grids'])}"
-        )
-    return settings["run"]
-
-
-def finetune_cells():
-    """Every cell that feeds the tables (all the task's inputs) of the grids that run, once."""
-    cells = {cell for name in run_grids() for cell in grid_cells(name)}
-    return sorted(cell[:5] for cell in cells if cell[5] == "all")
-
-
-def cell_target(task, init, transfer, fraction, seed, inputs="all"):
-    """A cell's metrics.json; cells fed a subset of the sensors live apart from the tables'."""
-    cell = Path(task, init, transfer, f"frac{fraction}", f"seed{seed}", "metrics.json")
-    return FINETUNE / cell if inputs == "all" else FINETUNE_INPUTS / inputs / cell
-
-
-def finetune_targets():
-    return [cell_target(*cell) for cell in finetune_cells()]
-
-
-def input_targets():
-    """The cells of the grids that run fed a subset of the task's sensors (figures only)."""
-    cells = {cell for name in run_grids() for cell in grid_cells(name)}
-    return [cell_target(*cell) for cell in sorted(cells) if cell[5] != "all"]
+def table_targets():
+    """The cells that feed the tables (msgfm.plan.table_cells)."""
+    return [cell_target(cell) for cell in plan.table_cells(config)]
 
 
 def finetune_inputs(wildcards):
@@ -259,11 +171,10 @@ def finetune_inputs(wildcards):
 
 
 def finetune_model_config(init):
-    """The model config of an init: a variant's MoE switch as it was pretrained."""
-    model = json.loads(json.dumps(config["model"]))
+    """The model config of an init: a variant's as it was pretrained (msgfm.plan)."""
     if init in VARIANTS:
-        model.setdefault("moe", {})["enabled"] = bool(VARIANTS[init]["moe"])
-    return model
+        return plan.variant_model(config["model"], VARIANTS[init])
+    return config["model"]
 
 
 def finetune_job_config(wildcards):
@@ -305,7 +216,7 @@ def finetune_experiment(init):
     """A finetuning run goes where its encoder's pretraining run is: one job however many
     grids and tables share the cell (the tables step tags it with every table it feeds).
     The random and ImageNet-22k inits are Table 3's baselines."""
-    return table_experiment(VARIANTS[init]["table"] if init in VARIANTS else "3")
+    return plan.experiment(VARIANTS[init]["table"] if init in VARIANTS else "3")
 
 
 def finetune_tags(init):
@@ -358,7 +269,8 @@ def start_workflow_run():
     targets = [str(path) for path in dag.targetfiles]
     targets += [rule.name for rule in dag.targetrules]
     command = ["python", "-m", "msgfm", "workflow-start", *_tracking_options()]
-    command += ["--experiments", *EXPERIMENTS, "--config-json", json.dumps(config)]
+    command += ["--experiments", *plan.experiments(config)]
+    command += ["--config-json", json.dumps(config)]
     command += ["--targets", *targets, "--command", " ".join(sys.argv)]
     started = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
     os.environ[WORKFLOW_RUN_ENV] = started.stdout.split()[-1]
@@ -388,9 +300,7 @@ def figure_targets():
 
 def fig4_targets():
     """Every cell of the fig4 grid, whether or not finetune.run names it: the figure needs them."""
-    if "fig4" not in config["finetune"]["grids"]:
-        raise ValueError("config figures.fig4 is on; finetune.grids has no fig4 grid")
-    return [cell_target(*cell) for cell in sorted(grid_cells("fig4"))]
+    return [cell_target(cell) for cell in plan.grid_cells(config, "fig4")]
 
 
 def fig4_row_options():

@@ -34,7 +34,7 @@ rule finetune:
         / "finetune"
         / "{task}/{init}_{transfer}_frac{fraction}_seed{seed}.tsv"
     wildcard_constraints:
-        init="|".join([*VARIANTS, *sorted(FINETUNE_INITS)]),
+        init="|".join([*VARIANTS, *BASELINE_INITS]),
         transfer="stacked|shared",
         fraction=r"[0-9.e-]+",
         seed=r"\d+",
@@ -80,7 +80,7 @@ use rule finetune as finetune_input_subset with:
         / "{init}_{transfer}_frac{fraction}_seed{seed}.tsv"
     wildcard_constraints:
         inputs=r"[a-z0-9]+(\+[a-z0-9]+)*",
-        init="|".join([*VARIANTS, *sorted(FINETUNE_INITS)]),
+        init="|".join([*VARIANTS, *BASELINE_INITS]),
         transfer="stacked|shared",
         fraction=r"[0-9.e-]+",
         seed=r"\d+",

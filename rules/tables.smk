@@ -3,7 +3,7 @@
 
 rule tables:
     input:
-        finetune_targets(),
+        table_targets(),
     output:
         [
             report(

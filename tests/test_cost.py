@@ -26,6 +26,8 @@ def config() -> dict:
             },
         },
         "variants": {"a": {"table": "6", "epochs": 3}},
+        "downstream_tasks": ["bigearthnet", "vaihingen"],
+        "figures": {},
         "finetune": {
             "run": None,
             "in22k": False,
@@ -38,6 +40,7 @@ def config() -> dict:
                     "inits": ["a", "in22k"],
                     "transfers": ["stacked"],
                     "seeds": None,
+                    "inputs": ["all"],
                     "tasks": {"bigearthnet": [0.1], "vaihingen": [1.0]},
                 }
             },
@@ -57,10 +60,11 @@ def test_gpu_hours_follow_the_batches_epochs_and_throughput() -> None:
     # steps/epoch = min(1000 // 20, 300 // 10) = 30; samples/epoch = 30 * 15 * 2 GPUs = 900
     assert pretrain.samples == 3 * 900
     assert pretrain.gpu_hours == pytest.approx(2700 / 10.0 / 3600)
-    ben = jobs[jobs.job.str.startswith("bigearthnet")].iloc[0]
-    assert ben.samples == 4 * 50 * 2  # 4 epochs x 10 % of 500 x 2 seeds
-    vai = jobs[jobs.job.str.startswith("vaihingen")].iloc[0]
-    assert vai.gpu_hours == pytest.approx(2 * 40 * 2 / 2.0 / 3600)  # measured 2 samples/s
+    ben = jobs.set_index("job").loc["finetune/bigearthnet/a/stacked/frac0.1/seed1"]
+    assert ben.samples == 4 * 50  # 4 epochs x 10 % of 500
+    vai = jobs[jobs.job.str.startswith("finetune/vaihingen/")]
+    assert len(vai) == 2  # one job per seed
+    assert vai.gpu_hours.sum() == pytest.approx(2 * 40 * 2 / 2.0 / 3600)  # measured 2 samples/s
     assert not jobs.job.str.contains("in22k").any()  # disabled init costs nothing
     assert per_table.loc["table6", "total"] == pytest.approx(jobs.gpu_hours.sum())
 
@@ -93,8 +97,8 @@ def test_epochs_cap_and_override_as_the_workflow_applies_them() -> None:
     cfg["pretrain"].update(epochs_cap=2, epochs_override={"b": 5})
     jobs, _ = estimate(cfg, {"sen12ms": 300, "vaihingen/train": 40}, throughput={})
     samples = jobs[jobs.stage == "pretrain"].set_index("job").samples
-    assert samples["a"] == 2 * 900  # capped
-    assert samples["b"] == 5 * 900  # named: its own count, past the cap
+    assert samples["pretrain/a"] == 2 * 900  # capped
+    assert samples["pretrain/b"] == 5 * 900  # named: its own count, past the cap
 
 
 def test_the_command_prints_the_paper_tables_cost() -> None:

@@ -213,6 +213,8 @@ def test_a_restricted_variant_costs_only_its_sources_and_inputs_multiply_cells()
             "multi": {"table": "6", "epochs": 1},
             "fig4_sar": {"table": "fig4", "epochs": 1, "sources": ["sen12ms"]},
         },
+        "downstream_tasks": ["sen12ms_cr"],
+        "figures": {"fig4": True},
         "finetune": {
             "run": None, "in22k": False, "seeds": [0, 1], "gpus": 1, "defaults": {"epochs": 1},
             "tasks": {},
@@ -224,7 +226,8 @@ def test_a_restricted_variant_costs_only_its_sources_and_inputs_multiply_cells()
     }  # fmt: skip
     jobs, per_table = estimate(config, {}, throughput={})
     samples = dict(zip(jobs.job, jobs.samples, strict=True))
-    assert samples["multi"] == 60 * 15  # min(1000 // 10, 300 // 5) steps of 10 + 5
-    assert samples["fig4_sar"] == 60 * 5  # SEN12MS alone: 300 // 5 steps of 5
-    assert samples["sen12ms_cr/fig4_sar/frac1 x6"] == 6 * 10  # 3 inputs x 2 seeds
+    assert samples["pretrain/multi"] == 60 * 15  # min(1000 // 10, 300 // 5) steps of 10 + 5
+    assert samples["pretrain/fig4_sar"] == 60 * 5  # SEN12MS alone: 300 // 5 steps of 5
+    cells = jobs[jobs.job.str.contains("/sen12ms_cr/fig4_sar/")]
+    assert len(cells) == 6 and set(cells.samples) == {10}  # 3 inputs x 2 seeds
     assert set(per_table.index) == {"table6", "fig4"}

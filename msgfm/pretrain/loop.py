@@ -19,7 +19,6 @@ identically: hub weights, or a seeded random model).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from msgfm.data.shards import ShardSet
 from msgfm.data.statistics import role_statistics
 from msgfm.model.factory import build_mask_generator, build_model
 from msgfm.model.moe import MoEMlp
+from msgfm.plan import variant_model, variant_sources
 from msgfm.pretrain.batches import (
     SampleDraws,
     SourceSpec,
@@ -75,18 +75,9 @@ log = logging.getLogger(__name__)
 def source_specs(
     pretrain: Mapping[str, Any], variant: Mapping[str, Any] | None = None
 ) -> list[SourceSpec]:
-    """The ``pretrain.sources`` a variant reads: all, or those its ``sources`` names (paper
-    §4.3: the single-sensor variants of Fig. 4 read SEN12MS only)."""
-    names = list(pretrain["sources"])
-    wanted = (variant or {}).get("sources")
-    if wanted:
-        unknown = sorted(set(wanted) - set(names))
-        if unknown:
-            raise ValueError(
-                f"variants.{(variant or {}).get('name')}.sources: {unknown} are not among "
-                f"pretrain.sources {names}"
-            )
-        names = [name for name in names if name in wanted]
+    """The ``pretrain.sources`` a variant reads (msgfm.plan.variant_sources: all, or those its
+    ``sources`` names), as the batch sampler and optimiser take them."""
+    names = variant_sources(pretrain["sources"], variant or {})
     return [
         SourceSpec(name, tuple(spec["datasets"]), int(spec["batch_size"]), float(spec["lr"]))
         for name, spec in pretrain["sources"].items()
@@ -97,8 +88,7 @@ def source_specs(
 def model_config(cfg: Mapping[str, Any], teacher_dim: int | None = None) -> dict[str, Any]:
     """The model config of a variant: the shared model settings with its MoE switch and, for
     a Table 5 objective, the distillation head or feature decoders sized to its teacher."""
-    model = json.loads(json.dumps(cfg["model"]))
-    model.setdefault("moe", {})["enabled"] = bool(cfg["variant"]["moe"])
+    model = variant_model(cfg["model"], cfg["variant"])
     overrides = model_overrides(cfg["variant"].get("objective", "mim"), teacher_dim)
     for key, values in overrides.items():
         model.setdefault(key, {}).update(values)

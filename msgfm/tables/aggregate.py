@@ -252,7 +252,7 @@ def write_tables(
     out_dir: str | Path,
     *,
     transfer: str = "stacked",
-    tables: Iterable[str] = ("table3", "table5", "table6"),
+    tables: Iterable[str] = tuple(TABLES),
     pretrain_root: str | Path | None = None,
     tracking: tuple[str, str | Path] | None = None,
 ) -> dict[str, Path]:

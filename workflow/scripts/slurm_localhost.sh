@@ -3,6 +3,7 @@
 #
 #   bash workflow/scripts/slurm_localhost.sh start   # install if missing, configure, start, wait
 #   bash workflow/scripts/slurm_localhost.sh stop    # stop the daemons this script started
+#   bash workflow/scripts/slurm_localhost.sh remove  # stop, then undo what start added
 #
 # Needs root and Debian's packages (slurm-wlm 22.05, munge), installed with apt-get when missing.
 # No systemd is assumed: munged, slurmctld and slurmd are started by hand. The node declares
@@ -12,11 +13,17 @@
 # finished jobs visible to it long enough). An /etc/slurm/slurm.conf that this script did not
 # write is never touched: on a real cluster node the script refuses to run. Exit status 3 means
 # SLURM is missing and cannot be installed here (callers may skip); any other failure is an error.
+#
+# `remove` leaves the machine as `start` found it, as a test must: once SLURM's tools are
+# installed, every Snakemake start runs the SLURM plugin's `scontrol show config`, which waits
+# ~9 s for a stopped controller (or, with no slurm.conf, until the plugin's 10 s timeout).
 set -euo pipefail
 
 MARK="# written by msgfm workflow/scripts/slurm_localhost.sh"
 CONF_DIR=/etc/slurm
 RUN_DIR=/run/msgfm-slurm
+# What start added, for remove: the packages it installed, the folders it created.
+ADDED=/var/lib/msgfm-slurm
 GPUS=${MSGFM_SLURM_GPUS:-2}
 
 die() {
@@ -29,9 +36,32 @@ install_packages() {
         && command -v sbatch >/dev/null && command -v munged >/dev/null && return
     command -v apt-get >/dev/null || die "slurm-wlm and munge are missing and apt-get is not available" 3
     export DEBIAN_FRONTEND=noninteractive
+    local before failed=""
+    before=$(installed_packages)
     apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null \
         || { apt-get update >/dev/null && apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null; } \
-        || die "apt-get could not install slurm-wlm and munge" 3
+        || failed=1
+    # Recorded even after a failure: what got installed is removed all the same.
+    mkdir -p "$ADDED"
+    comm -13 <(echo "$before") <(installed_packages) >>"$ADDED/packages"
+    [ -z "$failed" ] || die "apt-get could not install slurm-wlm and munge" 3
+}
+
+installed_packages() {
+    dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" {print $2}' | sort
+}
+
+# mkdir -p, recording each folder it creates (the outermost first) for remove.
+make_dirs() {
+    local dir missing
+    mkdir -p "$ADDED"
+    for dir in "$@"; do
+        missing=()
+        while [ ! -e "$dir" ]; do missing=("$dir" "${missing[@]}"); dir=$(dirname "$dir"); done
+        [ ${#missing[@]} -eq 0 ] && continue
+        mkdir -p "${missing[-1]}"
+        printf '%s\n' "${missing[@]}" >>"$ADDED/dirs"
+    done
 }
 
 write_config() {
@@ -46,7 +76,7 @@ write_config() {
     cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     # Leave a quarter of the memory to the daemons and the submitting Snakemake.
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 3 / 4)}' /proc/meminfo)
-    mkdir -p "$CONF_DIR" "$RUN_DIR" /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
+    make_dirs "$CONF_DIR" "$RUN_DIR" /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
     # slurmd checks that every gres File exists; one placeholder per declared GPU.
     for ((i = 0; i < GPUS; i++)); do touch "$RUN_DIR/gpu$i"; done
     # /etc/slurm is where SLURM looks without SLURM_CONF; the jobstep plugin drops SLURM_CONF
@@ -95,7 +125,7 @@ EOF
 }
 
 start_daemons() {
-    mkdir -p /run/munge
+    make_dirs /run/munge
     chown munge:munge /run/munge
     [ -s /etc/munge/munge.key ] || die "/etc/munge/munge.key is missing (the munge package makes it)"
     if ! munge -n >/dev/null 2>&1; then
@@ -134,6 +164,28 @@ stop_daemons() {
     done
 }
 
+# Stop, then undo start: its config files, the packages it installed (purged: their
+# configuration, logs and munge's key go too), the folders it created, newest first.
+remove_all() {
+    local file dir
+    stop_daemons
+    if [ -f "$CONF_DIR/slurm.conf" ] && grep -qF "$MARK" "$CONF_DIR/slurm.conf"; then
+        # What our daemons saved (jobs, node state): a later start begins afresh.
+        find /var/lib/slurm/slurmctld /var/lib/slurm/slurmd -mindepth 1 -delete 2>/dev/null || true
+    fi
+    for file in "$CONF_DIR/slurm.conf" "$CONF_DIR/gres.conf"; do
+        if [ -f "$file" ] && grep -qF "$MARK" "$file"; then rm -f "$file"; fi
+    done
+    if [ -s "$ADDED/packages" ]; then
+        # shellcheck disable=SC2046  # one package name per line
+        DEBIAN_FRONTEND=noninteractive apt-get purge -y $(cat "$ADDED/packages") >/dev/null
+    fi
+    if [ -s "$ADDED/dirs" ]; then
+        tac "$ADDED/dirs" | while read -r dir; do rm -rf -- "$dir"; done
+    fi
+    rm -rf "$ADDED"
+}
+
 case "${1:-}" in
 start)
     [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts daemons)"
@@ -145,7 +197,11 @@ start)
 stop)
     stop_daemons
     ;;
+remove)
+    [ "$(id -u)" = 0 ] || die "must run as root (it removes packages)"
+    remove_all
+    ;;
 *)
-    die "usage: $0 start|stop"
+    die "usage: $0 start|stop|remove"
     ;;
 esac
