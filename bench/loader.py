@@ -126,11 +126,10 @@ def main() -> None:
 
         loader_rate = worker_rate(shards, args.workers, args.seconds)
         per_worker = loader_rate / args.workers
-        print(
-            f"DataLoader, {args.workers} workers, masks drawn in them: {loader_rate:9.1f} samples/s"
-        )
+        cores = math.ceil(args.gpu_rate / per_worker)
+        print(f"DataLoader, {args.workers} worker(s) drawing masks: {loader_rate:.1f} samples/s")
         print(f"per worker core: {per_worker:.1f} samples/s; a GPU at {args.gpu_rate:g} samples/s "
-              f"needs {math.ceil(args.gpu_rate / per_worker)} worker cores")  # fmt: skip
+              f"needs {cores} worker core(s) + 1 for its own process")  # fmt: skip
         shard_rate = rate(lambda row: dataset[("sen12ms", row, 0)], rows, args.seconds)
         tiff_rate = rate(read_geotiff_sample, files, args.seconds)
         print(f"samples per pass: {len(rows)} (SEN12MS sar+s2, {TILE} px)")
