@@ -3,6 +3,10 @@
 
 if config["figures"]["fig4"]:
 
+    # Seconds of CPU: run beside Snakemake rather than queued on a cluster.
+    localrules:
+        fig4,
+
     rule fig4:
         input:
             fig4_targets(),

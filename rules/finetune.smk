@@ -2,6 +2,11 @@
 # (task x training fraction x init x transfer method x seed; paper Tables 3, 5, 6).
 
 
+# Seconds of CPU (an index list): run beside Snakemake rather than queued on a cluster.
+localrules:
+    finetune_subset,
+
+
 rule finetune_subset:
     input:
         SHARDS / "downstream" / "{task}",

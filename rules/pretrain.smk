@@ -37,6 +37,11 @@ rule pretrain:
         " pretrain --config-json {params.config:q} --out {params.out:q} > {log:q} 2>&1"
 
 
+# Seconds of CPU (curves and a figure): run beside Snakemake rather than queued on a cluster.
+localrules:
+    pretrain_summary,
+
+
 rule pretrain_summary:
     input:
         PRETRAIN / "{variant}" / "encoder.pt",

@@ -1,6 +1,11 @@
 # Tables stage: every finetuning cell -> the paper's Tables 3, 5 and 6 beside its numbers.
 
 
+# Minutes of CPU: run beside Snakemake rather than queued on a cluster.
+localrules:
+    tables,
+
+
 rule tables:
     input:
         table_targets(),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # The rules whose jobs estimate-cost prices (rules/pretrain.smk, rules/finetune.smk).
@@ -72,3 +73,17 @@ def test_estimate_cost_prices_the_jobs_snakemake_plans(
     planned = planned_jobs(configfiles, results)
     assert len(set(planned)) == len(planned)
     assert sorted(priced) == sorted(planned)  # each job once, none missing, none extra
+
+
+@pytest.mark.parametrize("overlay", [None, "demo.yaml"])
+def test_every_paper_row_we_run_names_a_configured_variant(overlay: str | None) -> None:
+    """A typo in a row's init would leave that row silently empty in every report."""
+    from msgfm.plan import BASELINE_INITS
+    from msgfm.tables.paper import TABLES
+
+    variants = set(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["variants"])
+    if overlay:  # Snakemake merges a further config file's variants into the paper's
+        variants |= set(yaml.safe_load((REPO / "config" / overlay).read_text())["variants"])
+    runs = {row.init for table in TABLES.values() for row in table.rows if row.init is not None}
+    unknown = sorted(runs - variants - set(BASELINE_INITS))
+    assert not unknown, f"paper rows name no configured variant: {unknown}"

@@ -37,14 +37,3 @@ def write_ready_marker(folder: str | Path, dataset: str, *, origin: str, **extra
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def read_ready_marker(folder: str | Path) -> dict[str, Any]:
-    """The marker's content, or a DataError saying the dataset is not (completely) there."""
-    path = marker_path(folder)
-    if not path.is_file():
-        raise DataError(path, "dataset not marked ready: download or generate it first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"corrupt ready marker: {exc}") from exc

@@ -65,14 +65,6 @@ SENSORS: dict[str, Sensor] = {
 }
 
 
-def get_sensor(name: str) -> Sensor:
-    """Look a sensor up by name with an error that lists the valid names."""
-    try:
-        return SENSORS[name]
-    except KeyError:
-        raise KeyError(f"unknown sensor {name!r}; expected one of {sorted(SENSORS)}") from None
-
-
 def select_bands(
     array: np.ndarray,
     have: Sequence[str],

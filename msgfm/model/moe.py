@@ -12,12 +12,12 @@ are exactly 0..kept-1, so expert offset + slot is the sorted position), gathered
 (``GroupedLinear``, a hand-written backward that writes every weight gradient in its
 parameter's layout); the outputs are scaled by their gate weights and added back per token.
 Profiled on CPU at Swin-B stage-3 size (bench/moe_layer.py --profile), the layer's time is
-the expert matmuls; the former zero-padded (E, C, D) buffer with batched matmuls spent over a
-quarter of its time (batch 2) on a strided copy of fc1's transposed weight gradient and a fifth
-of its matmul work on padding rows. What remains above a dense MLP of the same FLOPs is memory
-traffic: the eight experts' weights are read twice and their gradients written once per step
-(64 MiB each at D=512, H=2048), eight times the dense MLP's bytes; on glibc the gradients'
-fresh pages dominate that (see ``msgfm.train.memory``).
+the expert matmuls; autograd through batched matmuls over a zero-padded (E, C, D) buffer
+spends over a quarter of its time (batch 2) on a strided copy of fc1's transposed weight
+gradient and a fifth of its matmul work on padding rows. What remains above a dense MLP of
+the same FLOPs is memory traffic: the eight experts' weights are read twice and their
+gradients written once per step (64 MiB each at D=512, H=2048), eight times the dense MLP's
+bytes; on glibc the gradients' fresh pages dominate that (see ``msgfm.train.memory``).
 
 That grouped dispatch reads routing results on the host in every layer (``nonzero`` and
 boolean indexing to find the kept pairs, the per-expert counts as Python ints to slice the
