@@ -12,6 +12,7 @@ import pytest
 
 from msgfm.errors import DataError
 from msgfm.tables.aggregate import build_table, load_results, write_tables
+from msgfm.tables.compare import marker, paired_difference
 from msgfm.tables.paper import TABLE3, TABLE6, TABLES
 
 
@@ -199,3 +200,14 @@ def test_paired_differences_are_tested_over_common_seeds_in_each_metrics_directi
     assert cells[3] == "+1.05 worse (p=0.03, 2 seeds)"
     assert cells[-1] == "+5.0 (1 seed: no test)"
     assert cells[5] == "–"
+
+
+def test_equal_cells_are_a_tie_and_no_common_seed_is_not_run() -> None:
+    seeds = pd.MultiIndex.from_tuples([(1.0, 0), (1.0, 1)], names=["fraction", "seed"])
+    same = pd.Series([0.5, 0.7], index=seeds)
+    equal = paired_difference(same, same.copy(), higher_is_better=True)
+    assert (equal.verdict, equal.seeds, equal.difference) == ("tie", 2, 0.0)
+    assert marker(equal, 2) == "tie: +0.00 (identical, 2 seeds)"
+    other = pd.Series([0.5], index=pd.MultiIndex.from_tuples([(1.0, 5)], names=seeds.names))
+    apart = paired_difference(same, other, higher_is_better=False)
+    assert (apart.verdict, apart.seeds) == ("not run", 0) and marker(apart, 2) == "–"
