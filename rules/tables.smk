@@ -20,7 +20,11 @@ rule tables:
             for name in TABLE_NAMES
             for ext in ("csv", "md")
         ],
-        [TABLES / f"{name}.tex" for name in TABLE_NAMES],
+        [
+            TABLES / f"{name}{suffix}"
+            for name in TABLE_NAMES
+            for suffix in (".tex", "_paired.csv")
+        ],
     log:
         LOGS / "tables.log",
     conda:

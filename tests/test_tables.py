@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ import pytest
 
 from msgfm.errors import DataError
 from msgfm.tables.aggregate import build_table, load_results, write_tables
+from msgfm.tables.compare import marker, paired_difference
 from msgfm.tables.paper import TABLE3, TABLE6, TABLES
 
 
@@ -122,3 +124,90 @@ def test_cost_columns_sum_each_job_once_and_keep_pretraining_apart(tmp_path: Pat
     assert table5[table5.row == "Total"].iloc[0].pretrain_device_hours == pytest.approx(10.0)
     latex = (tmp_path / "tables" / "table6.tex").read_text()
     assert "pretrain device-h" in latex and "Total" in latex
+
+
+def test_every_comparison_pairs_two_rows_we_run() -> None:
+    for table in TABLES.values():
+        inits = {row.label: row.init for row in table.rows}
+        assert table.comparisons, table.name
+        for comparison in table.comparisons:
+            assert inits[comparison.row] and inits[comparison.baseline], comparison
+
+
+def _t(differences: list[float]) -> float:
+    """The paired t statistic, from its definition: mean / (sample std / √n)."""
+    n = len(differences)
+    return statistics.mean(differences) / (statistics.stdev(differences) / math.sqrt(n))
+
+
+def test_paired_differences_are_tested_over_common_seeds_in_each_metrics_direction(
+    tmp_path: Path,
+) -> None:
+    finetune = tmp_path / "finetune"
+    msgfm = {  # seed -> metrics; random also ran seed 3 for BigEarthNet, unpaired
+        0: {"ben": 85.0, "ben_full": 90.0, "MAE": 0.030, "SAM": 6.0},
+        1: {"ben": 86.0, "ben_full": 91.0, "MAE": 0.032, "SAM": 6.2},
+        2: {"ben": 88.0, "ben_full": 89.0},
+    }
+    random = {
+        3: {"ben": 99.0, "ben_full": 99.0},
+        2: {"ben": 81.0, "ben_full": 90.0},
+        1: {"ben": 82.0, "ben_full": 89.0, "MAE": 0.051, "SAM": 5.1},
+        0: {"ben": 80.0, "ben_full": 90.0, "MAE": 0.050, "SAM": 5.0},
+    }
+    paths = []
+    for init, seeds in (("t3_msgfm", msgfm), ("random", random)):
+        for seed, m in seeds.items():
+            paths.append(put(finetune, "bigearthnet", init, 0.1, seed, mAP_micro=m["ben"]))
+            paths.append(put(finetune, "bigearthnet", init, 1.0, seed, mAP_micro=m["ben_full"]))
+            if "MAE" in m:
+                paths.append(put(finetune, "sen12ms_cr", init, 1.0, seed, MAE=m["MAE"],
+                                 SAM=m["SAM"], SSIM=0.5))  # fmt: skip
+    paths.append(put(finetune, "vaihingen", "t3_msgfm", 1.0, 0, mIoU=40.0))
+    paths += [put(finetune, "vaihingen", "random", 1.0, s, mIoU=35.0 + s) for s in (0, 1)]
+    written = write_tables(paths, finetune, tmp_path / "tables", tables=["table3"])
+
+    paired = pd.read_csv(tmp_path / "tables" / "table3_paired.csv")
+    vs_random = paired[paired.comparison == "msGFM vs random"].set_index("column")
+    # Two-sided p of Student's t: df = 2 -> 1 − t/√(t² + 2); df = 1 -> 1 − (2/π)·atan|t|.
+    t = _t([5.0, 4.0, 7.0])  # 10 % BEN: seeds 0, 1, 2 paired; random's seed 3 left out
+    ben = vs_random.loc["10% BEN mAP"]
+    assert (ben.seeds, ben.verdict) == (3, "better")
+    assert ben.difference == pytest.approx(16 / 3)
+    assert ben.p_value == pytest.approx(1 - t / math.sqrt(t * t + 2))  # 0.026
+    t = _t([0.0, 2.0, -1.0])
+    full = vs_random.loc["100% BEN mAP"]
+    assert full.verdict == "tie" and full.p_value == pytest.approx(1 - t / math.sqrt(t * t + 2))
+    t = _t([-0.020, -0.019])  # MAE: lower is better, so a negative difference is a win
+    mae = vs_random.loc["CR MAE"]
+    assert (mae.seeds, mae.verdict) == (2, "better") and mae.difference < 0
+    assert mae.p_value == pytest.approx(1 - 2 / math.pi * math.atan(abs(t)))  # 0.016
+    t = _t([1.0, 1.1])  # SAM: lower is better, so a positive difference is a loss
+    sam = vs_random.loc["CR SAM"]
+    assert sam.verdict == "worse" and sam.p_value == pytest.approx(1 - 2 / math.pi * math.atan(t))
+    vai = vs_random.loc["Vai mIoU"]  # one common seed: a difference, no test
+    assert (vai.seeds, vai.verdict, vai.difference) == (1, "no test", 5.0)
+    assert math.isnan(vai.p_value)
+    assert vs_random.loc["SN PSNR", "verdict"] == "not run"
+
+    markdown = written["table3"].read_text()
+    assert "Paired differences over seeds" in markdown and "paired t-test" in markdown
+    line = next(x for x in markdown.splitlines() if x.startswith("| msGFM vs random"))
+    cells = [c.strip() for c in line.strip("|").split("|")][1:]
+    assert cells[0] == "+5.3 better (p=0.026, 3 seeds)"
+    assert cells[1] == "tie: +0.3 (p=0.74, 3 seeds)"
+    assert cells[2].endswith("better (p=0.016, 2 seeds)") and cells[2].startswith("-0.0")
+    assert cells[3] == "+1.05 worse (p=0.03, 2 seeds)"
+    assert cells[-1] == "+5.0 (1 seed: no test)"
+    assert cells[5] == "–"
+
+
+def test_equal_cells_are_a_tie_and_no_common_seed_is_not_run() -> None:
+    seeds = pd.MultiIndex.from_tuples([(1.0, 0), (1.0, 1)], names=["fraction", "seed"])
+    same = pd.Series([0.5, 0.7], index=seeds)
+    equal = paired_difference(same, same.copy(), higher_is_better=True)
+    assert (equal.verdict, equal.seeds, equal.difference) == ("tie", 2, 0.0)
+    assert marker(equal, 2) == "tie: +0.00 (identical, 2 seeds)"
+    other = pd.Series([0.5], index=pd.MultiIndex.from_tuples([(1.0, 5)], names=seeds.names))
+    apart = paired_difference(same, other, higher_is_better=False)
+    assert (apart.verdict, apart.seeds) == ("not run", 0) and marker(apart, 2) == "–"

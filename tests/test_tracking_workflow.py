@@ -124,7 +124,7 @@ def test_tables_are_logged_per_table_and_rows_tag_their_runs(
         (run,) = client.search_runs([experiment.experiment_id], "tags.stage = 'tables'")
         assert run.data.tags[WORKFLOW_TAG] == parent
         artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
-        assert artifacts == [f"{name}.csv", f"{name}.md", f"{name}.tex"]
+        assert artifacts == [f"{name}{suffix}" for suffix in (".csv", ".md", ".tex", "_paired.csv")]
     table6 = client.get_experiment_by_name("msgfm-table6").experiment_id
     (tables6,) = client.search_runs([table6], "tags.stage = 'tables'")
     assert tables6.data.metrics["cost/finetune_device_hours"] == pytest.approx(3.0)

@@ -6,6 +6,11 @@ jobs, next to the paper's value and the difference. Cells we did not run (the de
 some) stay empty rather than being invented. Outputs: one CSV (long form: a line per cell,
 for analysis), Markdown (for the report) and LaTeX (for a paper) per table.
 
+Below each Markdown table, the differences the paper concludes from (its ``comparisons``:
+pretrained vs random, MoE vs dense, cross vs self, distilled vs from scratch), each tested
+against seed noise by a paired test over seeds (:mod:`msgfm.tables.compare`); their numbers
+go to ``<table>_paired.csv``.
+
 Each table also says what it cost, read from the jobs' own ``metrics.json`` (``device_hours``:
 GPU-hours on a cluster, process-hours on a CPU, summed over a job's resumptions) rather than
 from MLflow, so it needs no store: per row the device-hours of its finetuning jobs (over seeds
@@ -20,11 +25,13 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from msgfm.errors import DataError
+from msgfm.tables.compare import COMPARISON_LEGEND, PairedDifference, marker, paired_difference
 from msgfm.tables.paper import TABLES, Column, Row, Table
 
 RESULT_PATH = re.compile(
@@ -79,6 +86,48 @@ def _select(results: pd.DataFrame, column: Column, init: str, transfer: str) -> 
     elif rows.fraction.nunique() > 1:
         rows = rows[rows.fraction == rows.fraction.max()]  # the full-data run of that task
     return rows
+
+
+def build_comparisons(table: Table, results: pd.DataFrame, transfer: str) -> pd.DataFrame:
+    """One line per (comparison, column): the two rows' cells paired by (fraction, seed)."""
+    inits = {row.label: row.init for row in table.rows}
+
+    def cell(label: str, column: Column) -> pd.Series:
+        selected = _select(results, column, inits[label], transfer)
+        return selected.set_index(["fraction", "seed"]).value
+
+    lines = [
+        {
+            "table": table.name, "comparison": comparison.label, "row": comparison.row,
+            "baseline": comparison.baseline, "column": column.label, "metric": column.metric,
+            "higher_is_better": column.higher_is_better,
+            **asdict(paired_difference(
+                cell(comparison.row, column), cell(comparison.baseline, column),
+                column.higher_is_better,
+            )),
+        }
+        for comparison in table.comparisons
+        for column in table.columns
+    ]  # fmt: skip
+    return pd.DataFrame(lines)
+
+
+def comparisons_wide(table: Table, paired: pd.DataFrame) -> pd.DataFrame:
+    """Comparisons × columns of markers ("+7.2 better (p=0.03, 3 seeds)", "tie: ...")."""
+    decimals = {c.label: c.decimals for c in table.columns}
+    wide = {
+        comparison.label: {
+            line.column: marker(
+                PairedDifference(line.difference, line.p_value, line.seeds, line.verdict),
+                decimals[line.column],
+            )
+            for line in paired[paired.comparison == comparison.label].itertuples()
+        }
+        for comparison in table.comparisons
+    }
+    frame = pd.DataFrame.from_dict(wide, orient="index")[[c.label for c in table.columns]]
+    frame.index.name = "row − baseline"
+    return frame
 
 
 def _device_hours(results: pd.DataFrame, jobs: Iterable[str]) -> float:
@@ -200,6 +249,7 @@ def _cell(line: pd.Series, decimals: int, latex: bool = False) -> str:
     return f"{ours} ({paper}, {line.difference:+.{decimals}f})"
 
 
+TABLE_FILES = (".csv", "_paired.csv", ".md", ".tex")  # what write_tables writes per table
 COST_COLUMNS = {
     "finetune_device_hours": "finetune device-h",
     "pretrain_device_hours": "pretrain device-h",
@@ -277,8 +327,14 @@ def write_tables(
         long = build_table(table, results, transfer, pretrained)
         cost = table_cost(table, results, transfer, pretrained)
         _write(out / f"{name}.csv", long.to_csv(index=False))
+        paired = build_comparisons(table, results, transfer)
+        _write(out / f"{name}_paired.csv", paired.to_csv(index=False))
         wide = to_wide(table, long, cost).to_markdown(disable_numparse=True)
-        markdown = f"## {table.title}\n\n{LEGEND}{wide}\n"
+        differences = comparisons_wide(table, paired).to_markdown(disable_numparse=True)
+        markdown = (
+            f"## {table.title}\n\n{LEGEND}{wide}\n\n"
+            f"### Paired differences over seeds\n\n{COMPARISON_LEGEND}{differences}\n"
+        )
         _write(out / f"{name}.md", markdown)
         latex = to_wide(table, long, cost, latex=True).to_latex(escape=False, caption=table.title)
         _write(out / f"{name}.tex", latex)
@@ -332,6 +388,6 @@ def log_tables(
         uri,
         results_root,
         table.name,
-        [out / f"{table.name}.{ext}" for ext in ("csv", "md", "tex")],
+        [out / f"{table.name}{suffix}" for suffix in TABLE_FILES],
         {f"cost/{key}": float(total[key]) for key in COST_COLUMNS},
     )
