@@ -18,7 +18,7 @@ rule tables:
                 labels={"table": name, "format": ext},
             )
             for name in TABLE_NAMES
-            for ext in ("csv", "md")
+            for ext in ("csv", "md", "png")
         ],
         [
             TABLES / f"{name}{suffix}"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from msgfm.errors import DataError
-from msgfm.tables.aggregate import build_table, load_results, write_tables
+from msgfm.tables.aggregate import build_table, load_results, seed_values, write_tables
 from msgfm.tables.compare import marker, paired_difference
 from msgfm.tables.paper import TABLE3, TABLE6, TABLES
 
@@ -211,3 +211,26 @@ def test_equal_cells_are_a_tie_and_no_common_seed_is_not_run() -> None:
     other = pd.Series([0.5], index=pd.MultiIndex.from_tuples([(1.0, 5)], names=seeds.names))
     apart = paired_difference(same, other, higher_is_better=False)
     assert (apart.verdict, apart.seeds) == ("not run", 0) and marker(apart, 2) == "–"
+
+
+def test_the_figure_shows_every_seed_behind_each_cell(tmp_path: Path) -> None:
+    finetune = tmp_path / "finetune"
+    paths = [
+        put(finetune, "bigearthnet", "t3_msgfm", 0.1, seed, mAP_micro=84.0 + seed)
+        for seed in range(3)
+    ] + [put(finetune, "bigearthnet", "random", 0.1, 0, mAP_micro=80.0)]
+    results = load_results(paths, finetune)
+    seeds = seed_values(TABLE3, results, "stacked")
+    assert sorted(seeds.itertuples(index=False, name=None)) == [
+        ("Random", "10% BEN mAP", 0, 80.0),
+        ("msGFM", "10% BEN mAP", 0, 84.0),
+        ("msGFM", "10% BEN mAP", 1, 85.0),
+        ("msGFM", "10% BEN mAP", 2, 86.0),
+    ]
+    write_tables(paths, finetune, tmp_path / "tables")
+    import matplotlib.image
+
+    image = matplotlib.image.imread(tmp_path / "tables" / "table3.png")
+    assert image.shape[0] > 200 and image.shape[1] > 600
+    assert image[..., :3].std() > 0.05  # drawn, not blank
+    assert not list((tmp_path / "tables").glob(".*"))  # no temporary file left

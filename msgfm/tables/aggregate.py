@@ -33,6 +33,7 @@ import pandas as pd
 from msgfm.errors import DataError
 from msgfm.tables.compare import COMPARISON_LEGEND, PairedDifference, marker, paired_difference
 from msgfm.tables.paper import TABLES, Column, Row, Table
+from msgfm.tables.plots import plot_table
 
 RESULT_PATH = re.compile(
     r"(?P<task>[^/]+)/(?P<init>[^/]+)/(?P<transfer>[^/]+)/frac(?P<fraction>[^/]+)/"
@@ -86,6 +87,18 @@ def _select(results: pd.DataFrame, column: Column, init: str, transfer: str) -> 
     elif rows.fraction.nunique() > 1:
         rows = rows[rows.fraction == rows.fraction.max()]  # the full-data run of that task
     return rows
+
+
+def seed_values(table: Table, results: pd.DataFrame, transfer: str) -> pd.DataFrame:
+    """One line per (row, column, seed): the values behind each cell's mean (the figure's)."""
+    parts = [
+        _select(results, column, row.init, transfer).assign(row=row.label, column=column.label)
+        for row in table.rows
+        if row.init
+        for column in table.columns
+    ]
+    columns = ["row", "column", "seed", "value"]
+    return pd.concat(parts)[columns] if parts else pd.DataFrame(columns=columns)
 
 
 def build_comparisons(table: Table, results: pd.DataFrame, transfer: str) -> pd.DataFrame:
@@ -249,7 +262,7 @@ def _cell(line: pd.Series, decimals: int, latex: bool = False) -> str:
     return f"{ours} ({paper}, {line.difference:+.{decimals}f})"
 
 
-TABLE_FILES = (".csv", "_paired.csv", ".md", ".tex")  # what write_tables writes per table
+TABLE_FILES = (".csv", "_paired.csv", ".md", ".tex", ".png")  # write_tables' files per table
 COST_COLUMNS = {
     "finetune_device_hours": "finetune device-h",
     "pretrain_device_hours": "pretrain device-h",
@@ -306,7 +319,8 @@ def write_tables(
     pretrain_root: str | Path | None = None,
     tracking: tuple[str, str | Path] | None = None,
 ) -> dict[str, Path]:
-    """Write <table>.csv/.md/.tex under ``out_dir``; returns the Markdown paths by table.
+    """Write <table>.csv/.md/.tex/.png (TABLE_FILES) under ``out_dir``; returns the Markdown
+    paths by table.
 
     ``pretrain_root`` (the pretraining jobs' folders) adds the encoders' cost; ``tracking``
     (tracking URI, results root) also logs every table to MLflow (:func:`log_tables`).
@@ -338,6 +352,7 @@ def write_tables(
         _write(out / f"{name}.md", markdown)
         latex = to_wide(table, long, cost, latex=True).to_latex(escape=False, caption=table.title)
         _write(out / f"{name}.tex", latex)
+        plot_table(table, long, seed_values(table, results, transfer), out / f"{name}.png")
         written[name] = out / f"{name}.md"
         if tracking:
             log_tables(tracking, table, out, members, cost.loc[TOTAL])
