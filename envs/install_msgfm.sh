@@ -4,6 +4,8 @@
 # was started in. A pip entry in the env file would instead resolve relative to that copy.
 # Editable, so a change to msgfm needs no new env; --no-deps, because the env file lists every
 # dependency from conda-forge (tests/test_envs.py) and pip must not mix in PyPI builds of them.
+# --no-build-isolation: the env's setuptools (>= 70.1 builds an editable wheel by itself) does
+# the build, so nothing is fetched from PyPI.
 set -euo pipefail
 if [ ! -f msgfm/cli.py ]; then
     echo "envs/install_msgfm.sh: start snakemake from the msgfm checkout (no msgfm/ in $PWD)" >&2
