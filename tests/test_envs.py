@@ -24,7 +24,6 @@ from snakemake.api import SnakemakeApi
 from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "msgfm"
 
 # conda-forge names whose Python distribution is called otherwise.
 CONDA_TO_PYPI = {"pytorch": "torch", "pytorch-gpu": "torch", "pytorch-cpu": "torch"}
