@@ -31,6 +31,13 @@ BENCHMARKS = RESULTS / "benchmarks"
 # the job as its world size).
 _RULE_ONLY = {"epochs_cap", "epochs_override", "nodes", "gpus_per_node", "threads"}
 PRETRAIN_WORLD_SIZE = config["pretrain"]["nodes"] * config["pretrain"]["gpus_per_node"]
+# The env of the jobs that build the model: model.moe.backend tutel needs tutel's kernels, which
+# only envs/pretrain_tutel.yaml builds; finetuning rebuilds the encoder with its backend too.
+TRAIN_ENV = (
+    "../envs/pretrain_tutel.yaml"
+    if config["model"].get("moe", {}).get("backend") == "tutel"
+    else "../envs/pretrain.yaml"
+)
 
 # The MLflow store travels to the jobs in the environment (locally, and through sbatch's
 # --export=ALL), never in their params: switching to a tracking server must not rerun finished

@@ -44,7 +44,7 @@ rule finetune:
         fraction=r"[0-9.e-]+",
         seed=r"\d+",
     conda:
-        "../envs/pretrain.yaml"
+        TRAIN_ENV
     threads: config["finetune"]["threads"]
     resources:
         # One node (msgfm.train.launch, as rules/pretrain.smk).

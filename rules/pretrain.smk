@@ -11,7 +11,7 @@ rule pretrain:
     benchmark:
         BENCHMARKS / "pretrain" / "{variant}.tsv"
     conda:
-        "../envs/pretrain.yaml"
+        TRAIN_ENV
     threads: config["pretrain"]["threads"]
     resources:
         # One SLURM task per node holding the node's GPUs (the slurm profile adds
