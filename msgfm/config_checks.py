@@ -48,8 +48,14 @@ def check_config(config: Mapping[str, Any]) -> None:
     if "mdas" in config["pretrain_sources"]:
         check_mdas_resize(tiling["tile"], tiling["mdas_resize"])
     resolved = resolve_config(config["model"])  # also the random and IN-22k inits' model
-    for variant in plan.pretrain_variants(config):
+    variants = plan.pretrain_variants(config)
+    for variant in variants:
         resolve_config(plan.variant_model(config["model"], config["variants"][variant]))
+    if variants and resolved["img_size"] != tiling["tile"]:
+        raise ValueError(
+            f"model.img_size {resolved['img_size']} must equal tiling.tile {tiling['tile']}: "
+            "pretraining feeds the tiles to the encoder as they are"
+        )
     settings = config["finetune"]
     for task in config["downstream_tasks"]:
         own = settings["tasks"].get(task, {})

@@ -64,6 +64,7 @@ def test_unknown_config_key_is_rejected_naming_it_not_the_schema(tmp_path: Path)
 PLANNED_MISTAKES = {
     "model-key": ({"model": {"embed_dimm": 64}}, ["model.embed_dimm", "embed_dim"]),
     "model-img-size": ({"model": {"img_size": 200}}, ["model.img_size 200", "stride 32"]),
+    "pretrain-img-size": ({"model": {"img_size": 384}}, ["model.img_size 384", "tiling.tile 192"]),
     "finetune-img-size": (
         {"finetune": {"tasks": {"bigearthnet": {"img_size": 200}}}},
         ["finetune.tasks.bigearthnet.img_size 200", "multiple of stride × window = 192"],
