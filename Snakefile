@@ -2,13 +2,17 @@
 # Logic lives in the msgfm package; the rules only wire files to its command-line verbs.
 from snakemake.utils import min_version, validate
 
+from msgfm.config_checks import check_config, schema_errors_in_one_line
+
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+with schema_errors_in_one_line():
+    validate(config, "workflow/schemas/config.schema.yaml")
+check_config(config)
 
 
 report: "workflow/report/workflow.rst"

@@ -20,7 +20,8 @@ PRICED_RULES = {"pretrain", "finetune", "finetune_input_subset"}
 
 def test_the_plan_and_its_pricing_import_without_torch() -> None:
     """Snakemake imports them while it parses the Snakefile: torch would cost seconds per start."""
-    code = "import sys, msgfm.plan, msgfm.cost; print([m for m in sys.modules if 'torch' in m])"
+    modules = "msgfm.plan, msgfm.cost, msgfm.config_checks"  # the last checks model configs
+    code = f"import sys, {modules}; print([m for m in sys.modules if 'torch' in m])"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

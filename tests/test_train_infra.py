@@ -196,6 +196,46 @@ def test_damaged_checkpoint_is_reported_with_its_path(tmp_path) -> None:
         load(tmp_path, model, opt, sched, "a")
 
 
+class Wider(Tiny):
+    """Tiny with one more hidden unit: the same parameter names, other shapes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 9)
+
+
+def wrong_contents(payload: dict, what: str) -> None:
+    if what == "shapes":
+        payload["model"] = Wider().state_dict()
+    elif what == "no-model":
+        del payload["model"]
+    else:  # an optimizer over other parameter groups
+        payload["optimizer"]["param_groups"] = payload["optimizer"]["param_groups"][:1]
+
+
+@pytest.mark.parametrize(
+    ("what", "named"),
+    [("shapes", "body.weight"), ("no-model", "body.weight"), ("optimizer", "optimizer groups")],
+)
+def test_checkpoint_that_does_not_fit_the_model_stops_before_loading(tmp_path, what, named) -> None:
+    """Right config hash, wrong contents (a file copied from another job, another msgfm
+    version): one line naming the file and what does not fit, and the model left untouched."""
+    model, opt, sched = make_state()
+    save(tmp_path, model, opt, sched, TrainPosition(step=2), "abc")
+    payload = torch.load(tmp_path / "last.pt", weights_only=False)
+    wrong_contents(payload, what)
+    torch.save(payload, tmp_path / "last.pt")
+    model, opt, sched = make_state()
+    train_steps(model, opt, sched, range(1))  # differs from the saved weights
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as raised:
+        load(tmp_path, model, opt, sched, "abc")
+    message = str(raised.value)
+    assert "\n" not in message and named in message
+    assert str(tmp_path / "last.pt") in message and "move it away" in message
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_temp_files_of_dead_writers_are_removed_at_resume(tmp_path) -> None:
     """A SIGKILL during ``torch.save`` leaves ``.last.pt.tmp-<pid>`` (no finally runs)."""
     dead = subprocess.Popen(["true"])

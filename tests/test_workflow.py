@@ -49,12 +49,46 @@ def test_invalid_config_fails_before_any_job_and_names_the_key(tmp_path: Path) -
     assert "rule " not in result.stdout  # no job was scheduled
 
 
-def test_unknown_config_key_is_rejected(tmp_path: Path) -> None:
+def test_unknown_config_key_is_rejected_naming_it_not_the_schema(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("tilling:\n  tile: 64\n")
     result = snakemake("-n", "--configfile", str(bad))
     assert result.returncode != 0
-    assert "tilling" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "'tilling' was unexpected" in output
+    assert len(output.splitlines()) < 10, output[:3000]  # not the whole schema
+
+
+# Mistakes the schema cannot see, each with the words its one-line error must hold: the key
+# and what was expected.
+PLANNED_MISTAKES = {
+    "model-key": ({"model": {"embed_dimm": 64}}, ["model.embed_dimm", "embed_dim"]),
+    "model-img-size": ({"model": {"img_size": 200}}, ["model.img_size 200", "stride 32"]),
+    "pretrain-img-size": ({"model": {"img_size": 384}}, ["model.img_size 384", "tiling.tile 192"]),
+    "finetune-img-size": (
+        {"finetune": {"tasks": {"bigearthnet": {"img_size": 200}}}},
+        ["finetune.tasks.bigearthnet.img_size 200", "multiple of stride × window = 192"],
+    ),
+    "mdas-resize": (
+        {"tiling": {"tile": 192, "mdas_resize": 96}},
+        ["tiling.mdas_resize 96", "multiple of tiling.tile 192"],
+    ),
+    "empty-data-root": ({"data_root": ""}, ["data_root", "non-empty"]),
+}
+
+
+@pytest.mark.parametrize(("settings", "words"), PLANNED_MISTAKES.values(), ids=PLANNED_MISTAKES)
+def test_config_mistakes_stop_the_plan_in_one_line(
+    tmp_path: Path, settings: dict, words: list[str]
+) -> None:
+    """Caught by ``snakemake -n`` before any job runs, not hours later in a job."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(settings))
+    result = snakemake("-n", "--configfile", str(bad))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert any(all(word in line for word in words) for line in output.splitlines()), output
+    assert "rule " not in result.stdout  # no job was scheduled
 
 
 def test_paper_config_dry_run_plans_downloads_and_tiling() -> None:

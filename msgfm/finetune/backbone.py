@@ -46,6 +46,7 @@ import torch
 
 from msgfm.data.readers.spacenet2 import MUL_BANDS
 from msgfm.data.sensors import RGB_BANDS, SENSORS
+from msgfm.model.config import check_input_size, encoder_stride
 from msgfm.model.factory import (
     PretrainedBackbone,
     build_embeds,
@@ -106,7 +107,7 @@ def sensor_channels(sensor: str) -> int:
 def input_size_for(native_size: int, model_cfg: Mapping[str, Any] | None = None) -> int:
     """Smallest multiple of stride × window at or above ``native_size`` (module docstring)."""
     cfg = resolve_config(model_cfg or {})
-    unit = cfg["patch_size"] * 2 ** (len(cfg["depths"]) - 1) * cfg["window_size"]
+    unit = encoder_stride(cfg) * cfg["window_size"]
     return max(1, -(-native_size // unit)) * unit
 
 
@@ -318,12 +319,7 @@ def build_backbone(
         if sensor not in pretrained and sensor in (input_statistics or {}):
             stem.set_input_statistics(*input_statistics[sensor])
     encoder = backbone.encoder
-    unit = encoder.stride * encoder.window_size
-    if img_size % unit:
-        raise ValueError(
-            f"img_size {img_size} must be a multiple of stride × window = {unit} "
-            f"(input_size_for() picks one)"
-        )
+    check_input_size(img_size, encoder.stride, encoder.window_size)
     encoder.set_input_size(img_size)
     if transfer == "stacked":
         # the per-sensor stems are folded into the stacked one and would only hold dead weights

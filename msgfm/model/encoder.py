@@ -18,6 +18,8 @@ from timm.layers import trunc_normal_
 from timm.models.swin_transformer import SwinTransformerStage
 from torch import nn
 
+from msgfm.model.config import stage_resolutions
+
 
 @dataclass(frozen=True)
 class MoESettings:
@@ -39,12 +41,6 @@ class MoESettings:
 
 
 ROUTING_SCOPES = ("source", "step")
-
-
-def stage_resolutions(img_size: int, patch_size: int, num_stages: int) -> list[int]:
-    """Token-grid side of each stage: img/patch, then halved by every patch merging."""
-    first = img_size // patch_size
-    return [first // 2**i for i in range(num_stages)]
 
 
 class SwinEncoder(nn.Module):

@@ -135,6 +135,8 @@ def load_checkpoint(
     ``superseded-<its hash>.pt``, kept for the user, and training starts afresh on every rank
     (a rank that finds the file already moved starts afresh too). This is what happens when a
     config change makes Snakemake rerun a job whose folder still holds the old run's checkpoint.
+    One of this config that does not fit the model or optimizer stops the job naming the file,
+    before anything is loaded.
     """
     path = Path(directory) / LAST
     if rank == 0:
@@ -170,12 +172,42 @@ def load_checkpoint(
             path, payload.get("config_hash"), config_hash, aside,
         )  # fmt: skip
         return None
+    _check_fits(path, payload, unwrap(model), optimizer)
     unwrap(model).load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None and payload["scheduler"] is not None:
         scheduler.load_state_dict(payload["scheduler"])
     set_rng_state(payload["rng"][rank])
     return TrainPosition(**payload["position"]), payload["extra"]
+
+
+def _check_fits(
+    path: Path, payload: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Stop before anything is loaded when a checkpoint of this config does not fit this model
+    (copied from another job, written by an msgfm with other parameter names): torch would
+    copy the parameters that fit before raising, leaving a half-restored model."""
+    expected = model.state_dict()
+    saved = payload.get("model") or {}
+    wrong = sorted(set(expected) ^ set(saved))
+    wrong += sorted(
+        name
+        for name in set(expected) & set(saved)
+        if tuple(saved[name].shape) != tuple(expected[name].shape)
+    )
+    if wrong:
+        raise CheckpointError(
+            f"{path} has this run's config hash but not its model: {len(wrong)} of "
+            f"{len(expected)} parameters missing, extra or of another shape (first "
+            f"{wrong[:3]}); move it away to start afresh"
+        )
+    groups = [len(group["params"]) for group in optimizer.state_dict()["param_groups"]]
+    saved_groups = [len(group["params"]) for group in payload["optimizer"]["param_groups"]]
+    if groups != saved_groups:
+        raise CheckpointError(
+            f"{path} has this run's config hash but its optimizer groups hold {saved_groups} "
+            f"parameters, this run's {groups}; move it away to start afresh"
+        )
 
 
 def remove_stale_temp_files(path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from msgfm.config_checks import check_mdas_resize
 from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
 from msgfm.data.sensors import SENSORS
 from msgfm.data.shards import ShardWriter
@@ -91,8 +92,8 @@ def tile_pretrain(
     """Write ``source``'s pretraining tiles to a shard set in ``out_dir``; return the report."""
     reader = open_reader(source, data_root)
     window = mdas_window or mdas_resize
-    if source == "mdas" and mdas_resize % tile:
-        raise ValueError(f"mdas_resize {mdas_resize} must be a multiple of tile {tile}")
+    if source == "mdas":
+        check_mdas_resize(tile, mdas_resize)
     report = TilingReport(source, data_root, out_dir)
     tilers: dict[str, Callable[[Sample, SampleRef], Tiles]] = {
         "sen12ms": lambda s, r: sen12ms_tiles(s, r, report, tile),
