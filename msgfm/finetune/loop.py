@@ -38,8 +38,9 @@ from msgfm.finetune.data import (
     task_spec,
     with_inputs,
 )
-from msgfm.finetune.subsets import format_fraction, train_split
+from msgfm.finetune.subsets import train_split
 from msgfm.model.factory import resolve_config
+from msgfm.plan import fraction_label
 from msgfm.redaction import redact
 from msgfm.tracking import TrackedRun, git_commit, job_hash, resolve_tracking_uri
 from msgfm.train.checkpoint import TrainPosition, unwrap
@@ -166,7 +167,7 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
     optimizer, scheduler = build_optimization(
         groups, settings, lr=float(settings["lr"]), epochs=epochs, steps_per_epoch=steps_per_epoch
     )
-    fraction = format_fraction(cfg["fraction"])
+    fraction = fraction_label(cfg["fraction"])
     inputs = "+".join(spec.sensors)
     tracked = TrackedRun(
         uri=resolve_tracking_uri(cfg.get("tracking_uri"), cfg["results_root"]),

@@ -20,19 +20,15 @@ import numpy as np
 
 from msgfm.data.shards import ShardSet
 from msgfm.errors import DataError
+from msgfm.plan import fraction_label
 
 # Mixed into the permutation's seed so a subset draw never equals another seeded stream.
 _SUBSET_STREAM = 0x5B5E7
 
 
-def format_fraction(fraction: float) -> str:
-    """The fraction as it appears in paths and tags: 0.01 → "0.01", 1.0 → "1"."""
-    return f"{float(fraction):g}"
-
-
 def subset_file(root: str | Path, task: str, fraction: float, seed: int) -> Path:
     """The subset list of (task, fraction, seed) under ``root`` (``<results>/finetune/subsets``)."""
-    return Path(root) / task / f"frac{format_fraction(fraction)}_seed{seed}.txt"
+    return Path(root) / task / f"frac{fraction_label(fraction)}_seed{seed}.txt"
 
 
 def draw_subset(sample_ids: Sequence[str], fraction: float, seed: int) -> list[str]:
@@ -54,7 +50,7 @@ def write_subset(shards: str | Path, out: str | Path, fraction: float, seed: int
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     header = (
-        f"# training subset of {Path(shards).name}: fraction {format_fraction(fraction)}, "
+        f"# training subset of {Path(shards).name}: fraction {fraction_label(fraction)}, "
         f"seed {seed}, {len(chosen)} of {len(shardset)} train samples, without replacement\n"
     )
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
