@@ -126,7 +126,7 @@ def test_checkpoint_that_is_not_an_encoder_is_named(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(HAVE_TERRATORCH, reason="terratorch is installed here: the tests above ran")
 def test_in_own_venv(tmp_path_factory: pytest.TempPathFactory):
-    """The tests above, in a venv over this one with the terratorch extra added (~35 s, 600 MB)."""
+    """The tests above, in a venv over this one with the terratorch extra (~75 s here, 600 MB)."""
     venv = tmp_path_factory.mktemp("terratorch-venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
