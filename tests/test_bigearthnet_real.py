@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from registry_access import run_pip_or_skip
 
 from msgfm.data.demo import bigearthnet as demo_ben
 from msgfm.data.raster import read_raster
@@ -36,20 +36,6 @@ from msgfm.errors import DataError
 pytestmark = pytest.mark.network
 
 SDIST = "bigearthnet-encoder==0.3.0"
-PIP_TIMEOUT_S = 300
-# pip output that means the registry could not be reached (as opposed to a real failure).
-UNREACHABLE = (
-    "NewConnectionError",
-    "Failed to establish a new connection",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "Network is unreachable",
-    "Max retries exceeded",
-    "ConnectTimeoutError",
-    "ReadTimeoutError",
-    "ProxyError",
-    "Could not fetch URL",
-)
 S2_4_55 = "S2A_MSIL2A_20170617T113321_4_55"
 S2_36_85 = "S2A_MSIL2A_20170617T113321_36_85"
 S2_56_35 = "S2A_MSIL2A_20171221T112501_56_35"
@@ -67,15 +53,7 @@ def real_patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
         sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
         "--dest", str(target), SDIST,
     ]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"package registry did not answer within {PIP_TIMEOUT_S} s ({SDIST})")
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        if any(marker in output for marker in UNREACHABLE):
-            pytest.skip(f"package registry unreachable, cannot fetch {SDIST}")
-        pytest.fail(f"pip download {SDIST} failed:\n{output[-3000:]}")
+    run_pip_or_skip(command, SDIST)
     (archive,) = target.glob("bigearthnet*encoder-0.3.0.tar.gz")
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if "/tests/s" in m.name]
