@@ -2,7 +2,8 @@
 # Logic lives in the msgfm package; the rules only wire files to its command-line verbs.
 from snakemake.utils import min_version, validate
 
-from msgfm.config_checks import check_config, schema_errors_in_one_line
+from msgfm.config_checks import check_config
+from msgfm.schema_errors import schema_errors_in_one_line
 
 min_version("9.0")
 

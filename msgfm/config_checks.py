@@ -8,29 +8,11 @@ Torch-free: Snakemake imports it while it parses the Snakefile.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from msgfm import plan
 from msgfm.model.config import check_input_size, encoder_stride, resolve_config
-
-
-@contextmanager
-def schema_errors_in_one_line() -> Iterator[None]:
-    """Turn Snakemake's schema error, which prints the whole schema after the message, into
-    one line naming the key and what was expected."""
-    from jsonschema import ValidationError
-    from snakemake.exceptions import WorkflowError
-
-    try:
-        yield
-    except WorkflowError as error:
-        cause = error.__context__  # Snakemake raises it while handling jsonschema's error
-        if not isinstance(cause, ValidationError):
-            raise
-        key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
-        raise WorkflowError(f"config {key}: {cause.message}") from None
 
 
 def check_mdas_resize(tile: int, mdas_resize: int) -> None:

@@ -20,7 +20,7 @@ PRICED_RULES = {"pretrain", "finetune", "finetune_input_subset"}
 
 def test_the_plan_and_its_pricing_import_without_torch() -> None:
     """Snakemake imports them while it parses the Snakefile: torch would cost seconds per start."""
-    modules = "msgfm.plan, msgfm.cost, msgfm.config_checks"  # the last checks model configs
+    modules = "msgfm.plan, msgfm.cost, msgfm.config_checks, msgfm.schema_errors"
     code = f"import sys, {modules}; print([m for m in sys.modules if 'torch' in m])"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
