@@ -30,11 +30,14 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from msgfm.errors import MsgfmError
 from msgfm.metric_writer import MetricWriter
 from msgfm.redaction import redact, redact_text, redact_url
+
+if TYPE_CHECKING:  # pandas and numpy stay unimported while Snakemake plans
+    from msgfm.data.shards import ShardSet
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +48,9 @@ WORKFLOW_EXPERIMENT = "msgfm-workflow"
 WORKFLOW_RUN_ENV = "MSGFM_WORKFLOW_RUN_ID"
 WORKFLOW_TAG = "msgfm.workflow_run_id"  # the invocation that created a run
 RESUMED_TAG = "msgfm.resumed_by"  # later invocations that continued it, comma-separated
+# MLflow 3's UI opens an experiment without this tag on its GenAI traces overview (empty here),
+# with it on the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(configured: str | None, results_root: str | Path) -> str:
@@ -115,14 +121,26 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
 
 
 def init_store(uri: str, experiments: Iterable[str], results_root: str | Path) -> None:
-    """Create the store's schema and the experiments once, before parallel jobs start."""
+    """Create the store's schema and the experiments once, before parallel jobs start; each
+    declares its kind (:data:`EXPERIMENT_KIND`), also one created before the tag existed."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     for name in experiments:
-        if client.get_experiment_by_name(name) is None:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
             location = None if not uri.startswith("sqlite:") else artifact_root(results_root)
-            _retry(lambda name=name, location=location: client.create_experiment(name, location))
+            _retry(
+                lambda name=name, location=location: client.create_experiment(
+                    name, location, tags=EXPERIMENT_KIND
+                )
+            )
+            continue
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:
+                _retry(lambda key=key, value=value, experiment=experiment: (
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
+                ))  # fmt: skip
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -185,6 +203,35 @@ def git_commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def source_tags(entry_point: str) -> dict[str, str]:
+    """The code behind a run: our ``git_commit`` and MLflow's standard source tags (the UI's
+    Source column shows the entry point, and links the commit), ``entry_point`` being the
+    command that runs the stage (``python -m msgfm pretrain``)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
+
+    commit = git_commit()
+    tags = {"git_commit": commit, MLFLOW_SOURCE_NAME: entry_point, MLFLOW_SOURCE_TYPE: "LOCAL"}
+    if commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def shard_set_input(shards: ShardSet, context: str) -> Any:
+    """A shard set as an MLflow dataset input: named after its folder, its digest the index's
+    (:func:`msgfm.data.shards.index_digest`: the same samples, the same digest), its source the
+    folder; ``context`` (``training``) says what the run used it for. Fills the Dataset column."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from msgfm.data.shards import index_digest
+
+    # "local" with {"uri": ...}: how mlflow.data records a folder (mlflow.data.get_source reads
+    # it back as a LocalArtifactDatasetSource).
+    source = json.dumps({"uri": redact_url(str(shards.path.resolve()))})
+    dataset = Dataset(shards.path.name, index_digest(shards.path), "local", source)
+    return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
 def table_experiment(table: str) -> str:
     """The experiment of a paper table ("table6" -> "msgfm-table6")."""
     return f"msgfm-{table}"
@@ -239,7 +286,7 @@ def start_workflow_run(
     targets = sorted(targets)
     tags = {
         "config_hash": config_hash(config),
-        "git_commit": git_commit(),
+        **source_tags("snakemake"),
         "targets": redact_text(" ".join(targets))[:5000],
         "command": redact_text(command)[:5000],
     }
@@ -314,7 +361,7 @@ def log_table_run(
     init_store(uri, [experiment], results_root)  # a no-op under the workflow (onstart made it)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    tags = {"stage": "tables", "table": table, "git_commit": git_commit()}
+    tags = {"stage": "tables", "table": table, **source_tags("python -m msgfm tables")}
     if os.environ.get(WORKFLOW_RUN_ENV):
         tags[WORKFLOW_TAG] = os.environ[WORKFLOW_RUN_ENV]
     run_id = _retry(
@@ -499,6 +546,13 @@ class TrackedRun:
         :class:`~msgfm.metric_writer.MetricWriteError` if a write failed since the last flush."""
         if self.enabled:
             self._metrics.flush()
+
+    def log_shard_sets(self, sets: Iterable[ShardSet], context: str = "training") -> None:
+        """What the run trains on, as dataset inputs (:func:`shard_set_input`); a resumed run
+        logging them again adds nothing (MLflow keeps one input per dataset)."""
+        if self.enabled:
+            inputs = [shard_set_input(one, context) for one in sets]
+            _retry(lambda: self._client.log_inputs(self.run_id, datasets=inputs))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:

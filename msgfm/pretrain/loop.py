@@ -50,7 +50,7 @@ from msgfm.pretrain.figures import save_reconstruction_figure
 from msgfm.pretrain.reconstruct import reconstruction_examples
 from msgfm.pretrain.teachers import add_teacher_targets, model_overrides, teacher_for_variant
 from msgfm.redaction import redact
-from msgfm.tracking import TrackedRun, git_commit, job_hash, resolve_tracking_uri
+from msgfm.tracking import TrackedRun, job_hash, resolve_tracking_uri, source_tags
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.distributed import (
     DistContext,
@@ -217,7 +217,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         tags={
             "variant": variant["name"],
             "table": str(variant.get("table", "")),
-            "git_commit": git_commit(),
+            **source_tags("python -m msgfm pretrain"),
             "config_hash": chash,
             "moe": str(bool(variant["moe"])),
             "cross_rate": str(variant["cross_rate"]),
@@ -228,6 +228,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         config_hash=chash,
         enabled=ctx.is_main,
     )
+    tracked.log_shard_sets(one for group in sets.values() for one in group)
     precision = job_precision(pre.get("amp", "bf16"), ctx.device)
     trainer = Trainer(
         model=model, train_model=prepare_model(pre, ctx.device, model, wrap_ddp(model, ctx)),
