@@ -436,6 +436,7 @@ class TrackedRun:
         enabled: bool = True,
     ) -> None:
         self.enabled = enabled
+        self.uri = uri
         self.run_id: str | None = None
         self._stored_through: dict[str, int] = {}  # metric -> last step the store holds
         if not enabled:

@@ -267,7 +267,8 @@ def _finish_outputs(
     tracked: TrackedRun,
     metrics: dict[str, Any],
 ) -> None:
-    """Figures, encoder and metrics; the encoder file is written last (the rule's output).
+    """Figures, encoder and metrics; the encoder file is written last (the rule's output),
+    then logged as an MLflow model (:mod:`msgfm.model_registry`).
 
     A model that reconstructs teacher features (EVA-style) has no pixels to show: no figures.
     """
@@ -294,5 +295,10 @@ def _finish_outputs(
     tmp = encoder.with_name(".encoder.pt.tmp")
     torch.save({"config": unwrap(model).config, "model": unwrap(model).state_dict()}, tmp)
     os.replace(tmp, encoder)
-    tracked.log_artifact(encoder)
+    if tracked.enabled:  # the encoder as the run's model; the Table 3 one also registered
+        from msgfm.model_registry import log_encoder_model
+
+        tracked.flush()
+        table3 = str(cfg["variant"].get("table")) == "3"
+        log_encoder_model(tracked.uri, tracked.run_id, encoder, register=table3)
     tracked.finish()
