@@ -18,7 +18,8 @@ from msgfm.model_registry import (  # noqa: E402
     log_encoder_model,
 )
 from msgfm.tables.aggregate import write_tables  # noqa: E402
-from msgfm.tracking import TrackedRun, resolve_tracking_uri  # noqa: E402
+from msgfm.tracked_run import TrackedRun  # noqa: E402
+from msgfm.tracking import resolve_tracking_uri  # noqa: E402
 
 SMALL = {"preset": "demo", "embed_dim": 16, "num_heads": [1, 1, 2, 2]}
 

@@ -19,10 +19,10 @@ mlflow = pytest.importorskip("mlflow")
 from msgfm.data.shards import ShardSet, ShardWriter, index_digest  # noqa: E402
 from msgfm.metric_writer import MetricWriteError  # noqa: E402
 from msgfm.redaction import redact_text, redact_url  # noqa: E402
+from msgfm.tracked_run import TrackedRun  # noqa: E402
 from msgfm.tracking import (  # noqa: E402
     WORKFLOW_RUN_ENV,
     ClusterStoreError,
-    TrackedRun,
     check_cluster_store,
     config_hash,
     finish_workflow_run,

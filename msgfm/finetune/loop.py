@@ -41,7 +41,8 @@ from msgfm.finetune.data import (
 from msgfm.finetune.subsets import format_fraction, train_split
 from msgfm.model.factory import resolve_config
 from msgfm.redaction import redact
-from msgfm.tracking import TrackedRun, job_hash, resolve_tracking_uri, source_tags
+from msgfm.tracked_run import TrackedRun
+from msgfm.tracking import job_hash, resolve_tracking_uri, source_tags
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.distributed import (
     DistContext,

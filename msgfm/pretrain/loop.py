@@ -50,7 +50,8 @@ from msgfm.pretrain.figures import save_reconstruction_figure
 from msgfm.pretrain.reconstruct import reconstruction_examples
 from msgfm.pretrain.teachers import add_teacher_targets, model_overrides, teacher_for_variant
 from msgfm.redaction import redact
-from msgfm.tracking import TrackedRun, job_hash, resolve_tracking_uri, source_tags
+from msgfm.tracked_run import TrackedRun
+from msgfm.tracking import job_hash, resolve_tracking_uri, source_tags
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.distributed import (
     DistContext,
