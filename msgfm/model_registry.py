@@ -40,9 +40,11 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.encoder = load_encoder(context.artifacts["encoder"]).eval()
 
-    def predict(self, context, model_input, params=None):
-        # Unannotated: MLflow 3 takes type hints on predict as the model's schema; the explicit
-        # signature (_signature: tensor shapes, the sensor param) is the schema here.
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        # np.ndarray: a hint MLflow 3 infers no schema from, so the explicit signature
+        # (_signature: tensor shapes, the sensor param) stays the model's schema.
         sensor = (params or {}).get("sensor")
         with torch.no_grad():
             return self.encoder(torch.as_tensor(model_input), sensor).numpy()
