@@ -122,6 +122,7 @@ def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(
     runs = client.search_runs([client.get_experiment_by_name("msgfm-test").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["variant"] == "test" and runs[0].data.tags["moe"] == "True"
+    assert runs[0].data.tags["mlflow.source.name"] == "python -m msgfm pretrain"
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 8
     cost = client.get_metric_history(runs[0].info.run_id, "cost/device_hours")
     assert len(cost) == 1 and cost[0].value == pytest.approx(metrics["device_hours"])
