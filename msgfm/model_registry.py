@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,12 @@ def _active_run(uri: str, run_id: str) -> Iterator[None]:
         mlflow.set_tracking_uri(before)  # None: unset again
 
 
+def _requirements() -> list[str]:
+    """The installed releases of what msgfm.model imports, without a local build tag
+    (torch's +cu130), which no index resolves."""
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "timm", "numpy")]
+
+
 def log_encoder_model(uri: str, run_id: str, encoder_file: str | Path, *, register: bool) -> Any:
     """Log ``encoder_file`` as the run's model; ``register``: also as a new version of
     :data:`ENCODER_MODEL`. Returns MLflow's ModelInfo (``registered_model_version`` set when
@@ -104,11 +111,7 @@ def log_encoder_model(uri: str, run_id: str, encoder_file: str | Path, *, regist
                 python_model=EncoderModel(),
                 artifacts={"encoder": str(encoder_file)},
                 code_paths=[str(Path(msgfm.__file__).parent)],
-                # the release, not the local build tag (+cu130): pip resolves it anywhere
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    f"numpy=={np.__version__}",
-                ],
+                pip_requirements=_requirements(),
                 signature=_signature(backbone, state["config"]),
                 metadata=encoder_metadata(backbone),
                 registered_model_name=ENCODER_MODEL if register else None,

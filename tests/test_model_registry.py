@@ -97,6 +97,9 @@ def test_the_registered_encoder_gives_load_encoders_features(tmp_path: Path, mon
             "mean": stem.input_mean.tolist(), "std": stem.input_std.tolist()
         }  # fmt: skip
     assert mlflow.pyfunc.load_model(f"models:/{ENCODER_MODEL}/2").metadata.run_id == runs[1]
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{ENCODER_MODEL}/1"))
+    pinned = dict(line.split("==") for line in requirements.read_text().split())
+    assert pinned["torch"] == torch.__version__.split("+")[0] and {"timm", "numpy"} <= set(pinned)
 
 
 def test_writing_table3_aliases_the_encoder_behind_it(tmp_path: Path, monkeypatch) -> None:
