@@ -1,4 +1,5 @@
-"""MLflow tracking: where runs go, how a resumed job continues its run, and what is logged.
+"""MLflow tracking: where runs go and what is logged; a training job's own run, continued
+when the job resumes, is :class:`msgfm.tracked_run.TrackedRun`.
 
 Default store: an embedded SQLite file under the results folder, with artifacts beside it;
 on a cluster point ``MLFLOW_TRACKING_URI`` (or the config's ``tracking_uri``) at a server,
@@ -30,11 +31,13 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from msgfm.errors import MsgfmError
-from msgfm.metric_writer import MetricWriter
 from msgfm.redaction import redact, redact_text, redact_url
+
+if TYPE_CHECKING:  # pandas and numpy stay unimported while Snakemake plans
+    from msgfm.data.shards import ShardSet
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +48,9 @@ WORKFLOW_EXPERIMENT = "msgfm-workflow"
 WORKFLOW_RUN_ENV = "MSGFM_WORKFLOW_RUN_ID"
 WORKFLOW_TAG = "msgfm.workflow_run_id"  # the invocation that created a run
 RESUMED_TAG = "msgfm.resumed_by"  # later invocations that continued it, comma-separated
+# MLflow 3's UI opens an experiment without this tag on its GenAI traces overview (empty here),
+# with it on the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def resolve_tracking_uri(configured: str | None, results_root: str | Path) -> str:
@@ -115,14 +121,26 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
 
 
 def init_store(uri: str, experiments: Iterable[str], results_root: str | Path) -> None:
-    """Create the store's schema and the experiments once, before parallel jobs start."""
+    """Create the store's schema and the experiments once, before parallel jobs start; each
+    declares its kind (:data:`EXPERIMENT_KIND`), also one created before the tag existed."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     for name in experiments:
-        if client.get_experiment_by_name(name) is None:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
             location = None if not uri.startswith("sqlite:") else artifact_root(results_root)
-            _retry(lambda name=name, location=location: client.create_experiment(name, location))
+            _retry(
+                lambda name=name, location=location: client.create_experiment(
+                    name, location, tags=EXPERIMENT_KIND
+                )
+            )
+            continue
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:
+                _retry(lambda key=key, value=value, experiment=experiment: (
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
+                ))  # fmt: skip
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -185,6 +203,35 @@ def git_commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def source_tags(entry_point: str) -> dict[str, str]:
+    """The code behind a run: our ``git_commit`` and MLflow's standard source tags (the UI's
+    Source column shows the entry point, and links the commit), ``entry_point`` being the
+    command that runs the stage (``python -m msgfm pretrain``)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
+
+    commit = git_commit()
+    tags = {"git_commit": commit, MLFLOW_SOURCE_NAME: entry_point, MLFLOW_SOURCE_TYPE: "LOCAL"}
+    if commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def shard_set_input(shards: ShardSet, context: str) -> Any:
+    """A shard set as an MLflow dataset input: named after its folder, its digest the index's
+    (:func:`msgfm.data.shards.index_digest`: the same samples, the same digest), its source the
+    folder; ``context`` (``training``) says what the run used it for. Fills the Dataset column."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from msgfm.data.shards import index_digest
+
+    # "local" with {"uri": ...}: how mlflow.data records a folder (mlflow.data.get_source reads
+    # it back as a LocalArtifactDatasetSource).
+    source = json.dumps({"uri": redact_url(str(shards.path.resolve()))})
+    dataset = Dataset(shards.path.name, index_digest(shards.path), "local", source)
+    return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
 def table_experiment(table: str) -> str:
     """The experiment of a paper table ("table6" -> "msgfm-table6")."""
     return f"msgfm-{table}"
@@ -239,7 +286,7 @@ def start_workflow_run(
     targets = sorted(targets)
     tags = {
         "config_hash": config_hash(config),
-        "git_commit": git_commit(),
+        **source_tags("snakemake"),
         "targets": redact_text(" ".join(targets))[:5000],
         "command": redact_text(command)[:5000],
     }
@@ -314,7 +361,7 @@ def log_table_run(
     init_store(uri, [experiment], results_root)  # a no-op under the workflow (onstart made it)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    tags = {"stage": "tables", "table": table, "git_commit": git_commit()}
+    tags = {"stage": "tables", "table": table, **source_tags("python -m msgfm tables")}
     if os.environ.get(WORKFLOW_RUN_ENV):
         tags[WORKFLOW_TAG] = os.environ[WORKFLOW_RUN_ENV]
     run_id = _retry(
@@ -357,162 +404,3 @@ def read_run_id(state_dir: str | Path) -> str | None:
     """The MLflow run id a job recorded in its folder (None before its first run)."""
     id_file = Path(state_dir) / RUN_ID_FILE
     return json.loads(id_file.read_text())["run_id"] if id_file.is_file() else None
-
-
-class TrackedRun:
-    """One MLflow run per training job, resumed by id after a requeue (same config only).
-
-    Only the main process creates one (``enabled=False`` elsewhere turns every method into a
-    no-op), so DDP ranks never race for the store. Metrics are written by a background thread
-    (:mod:`msgfm.metric_writer`: a slow or locked store must not stall the training step);
-    :meth:`flush` waits for them. The other calls are rare and synchronous, and flush first, so
-    that the store sees the run's calls in the order the job made them (no run is terminated
-    with points still queued).
-
-    A job killed outright (SIGKILL, a node lost) leaves its run RUNNING, with points logged
-    after its last checkpoint. Its rerun continues that run and retrains those steps: their
-    points are in the store already and are not logged again (:meth:`log_metrics`); if the
-    config changed meanwhile, the new run closes the old one as KILLED.
-    """
-
-    def __init__(
-        self,
-        *,
-        uri: str,
-        experiment: str,
-        run_name: str,
-        state_dir: str | Path,
-        results_root: str | Path,
-        tags: Mapping[str, str],
-        params: Mapping[str, Any],
-        config_hash: str,
-        enabled: bool = True,
-    ) -> None:
-        self.enabled = enabled
-        self.run_id: str | None = None
-        self._stored_through: dict[str, int] = {}  # metric -> last step the store holds
-        if not enabled:
-            return
-        import mlflow
-        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
-
-        self._client = mlflow.MlflowClient(tracking_uri=uri)
-        self._metrics: MetricWriter[Any] = MetricWriter(
-            self._write_metrics,
-            name=f"MLflow metrics of {run_name}",
-            max_items=MAX_METRICS_PER_BATCH,
-        )
-        init_store(uri, [experiment], results_root)
-        experiment_id = self._client.get_experiment_by_name(experiment).experiment_id
-        id_file = Path(state_dir) / RUN_ID_FILE
-        if id_file.is_file():
-            previous = json.loads(id_file.read_text())
-            if previous["config_hash"] != config_hash:
-                log.info("config changed since MLflow run %s: new run", previous["run_id"])
-                self._close_if_abandoned(previous["run_id"])
-            elif self._resume(previous["run_id"]):
-                return
-            else:  # the job moved to another store (e.g. from SQLite to a tracking server)
-                log.info("MLflow run %s is not in %s: starting a new run", previous["run_id"], uri)
-        workflow_run = os.environ.get(WORKFLOW_RUN_ENV)
-        link = {WORKFLOW_TAG: workflow_run} if workflow_run else {}
-        tags = redact({**tags, **link})
-        run = _retry(lambda: self._client.create_run(experiment_id, run_name=run_name, tags=tags))
-        self.run_id = run.info.run_id
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(json.dumps({"run_id": self.run_id, "config_hash": config_hash}) + "\n")
-        _log_params(self._client, self.run_id, params)
-
-    def _resume(self, run_id: str) -> bool:
-        """Continue ``run_id`` if this store holds it."""
-        import mlflow
-
-        try:
-            _retry(lambda: self._client.update_run(run_id, status="RUNNING"))
-        except mlflow.exceptions.MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            return False
-        self.run_id = run_id
-        self._stored_through = self._last_steps()
-        self._link_resumption()
-        log.info("resuming MLflow run %s", run_id)
-        return True
-
-    def _last_steps(self) -> dict[str, int]:
-        """The last step of each metric the run holds: a killed job logged past the checkpoint
-        its rerun starts from."""
-        keys = _retry(lambda: self._client.get_run(self.run_id)).data.metrics
-        history = self._client.get_metric_history
-        return {
-            key: max(point.step for point in _retry(lambda key=key: history(self.run_id, key)))
-            for key in keys
-        }
-
-    def _close_if_abandoned(self, run_id: str) -> None:
-        """Mark KILLED a run of this job left RUNNING (its process died without closing it),
-        now that a new config replaces it; a finished run stays as it is."""
-        import mlflow
-
-        try:
-            status = _retry(lambda: self._client.get_run(run_id)).info.status
-        except mlflow.exceptions.MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            return
-        if status == "RUNNING":
-            _retry(lambda: self._client.set_terminated(run_id, status="KILLED"))
-
-    def _link_resumption(self) -> None:
-        """Record the invocation that continues this run (a run keeps its creator's tag)."""
-        workflow_run = os.environ.get(WORKFLOW_RUN_ENV)
-        if not workflow_run:
-            return
-        tags = _retry(lambda: self._client.get_run(self.run_id)).data.tags
-        earlier = [r for r in tags.get(RESUMED_TAG, "").split(",") if r]
-        if workflow_run != tags.get(WORKFLOW_TAG) and workflow_run not in earlier:
-            self.set_tags({RESUMED_TAG: ",".join([*earlier, workflow_run])})
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue the points of one step and return at once (:meth:`flush` writes them). A point
-        at a step its metric already reached in the store (a killed job's rerun) is dropped:
-        each step is logged once (on CPU the retrained values are bitwise the same)."""
-        if not self.enabled:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        stored = self._stored_through
-        points = [
-            Metric(k, float(v), now, step)
-            for k, v in metrics.items()
-            if k not in stored or step > stored[k]
-        ]
-        if points:
-            self._metrics.put(points)
-
-    def _write_metrics(self, batch: list[Any]) -> None:
-        _retry(lambda: self._client.log_batch(self.run_id, metrics=batch))
-
-    def flush(self) -> None:
-        """Wait until every queued point is in the store; raises
-        :class:`~msgfm.metric_writer.MetricWriteError` if a write failed since the last flush."""
-        if self.enabled:
-            self._metrics.flush()
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            self.flush()
-            _retry(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        if self.enabled:
-            self.flush()
-            for key, value in redact(tags).items():
-                _retry(lambda key=key, value=value: self._client.set_tag(self.run_id, key, value))
-
-    def finish(self, status: str = "FINISHED") -> None:
-        """FINISHED, FAILED or KILLED (a preempted job: it will be resumed)."""
-        if self.enabled:
-            self.flush()
-            _retry(lambda: self._client.set_terminated(self.run_id, status=status))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import msgfm.finetune.loop as loop
-from msgfm.data.shards import ShardSet
+from msgfm.data.shards import ShardSet, index_digest
 from msgfm.data.tiling.downstream import tile_downstream
 from msgfm.errors import DataError
 from msgfm.finetune.data import TASKS, EpochBatchSampler, TaskDataset
@@ -146,6 +146,10 @@ def test_a_short_job_per_task_writes_test_metrics_and_an_mlflow_run(
     tags = run.data.tags
     assert (tags["task"], tags["fraction"], tags["variant"]) == (task, "1", "random")
     assert (tags["transfer"], tags["seed"]) == ("stacked", "0")
+    assert tags["mlflow.source.name"] == "python -m msgfm finetune"
+    (trained_on,) = run.inputs.dataset_inputs  # the task's shard set: the Dataset column
+    assert trained_on.dataset.name == task
+    assert trained_on.dataset.digest == index_digest(shards / task)
 
 
 def test_a_pretrained_subset_job_with_method_1_runs(shards, results, tmp_path):

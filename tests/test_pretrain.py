@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from msgfm.data.loader import to_tensor
-from msgfm.data.shards import ShardSet
+from msgfm.data.shards import ShardSet, index_digest
 from msgfm.data.statistics import role_statistics
 from msgfm.data.tiling.pretrain import tile_pretrain
 from msgfm.model.factory import load_encoder
@@ -85,7 +85,9 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "encoder.pt", map_location="cpu", weights_only=True)["model"]
 
 
-def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(shards, tmp_path):
+def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(
+    shards, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     # The config names a tracking server with its password; the environment's store wins
     # (msgfm.tracking.resolve_tracking_uri), and the password is recorded nowhere.
@@ -120,12 +122,23 @@ def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(shard
     runs = client.search_runs([client.get_experiment_by_name("msgfm-test").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["variant"] == "test" and runs[0].data.tags["moe"] == "True"
+    assert runs[0].data.tags["mlflow.source.name"] == "python -m msgfm pretrain"
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 8
     cost = client.get_metric_history(runs[0].info.run_id, "cost/device_hours")
     assert len(cost) == 1 and cost[0].value == pytest.approx(metrics["device_hours"])
     assert metrics["device_hours"] > 0
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
-    assert {"encoder.pt", "config.json", "metrics.json", "figures"} <= artifacts
+    assert {"config.json", "metrics.json", "figures"} <= artifacts
+    # the encoder is the run's model (a Table 6 variant: not registered), loaded unchanged
+    (output,) = runs[0].outputs.model_outputs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["MLFLOW_TRACKING_URI"])
+    logged = mlflow.pyfunc.load_model(f"models:/{output.model_id}").unwrap_python_model()
+    reference = load_encoder(out / "encoder.pt").state_dict()
+    assert logged.encoder.state_dict().keys() == reference.keys()
+    assert all(torch.equal(v, reference[k]) for k, v in logged.encoder.state_dict().items())
+    assert not client.search_model_versions()
+    names = {i.dataset.name: i.dataset.digest for i in runs[0].inputs.dataset_inputs}
+    assert names == {name: index_digest(shards / name) for name in ("geopile", "sen12ms", "mdas")}
     redacted = "http://***@mlflow.x:5000"
     assert runs[0].data.params["tracking_uri"] == json.dumps(redacted)
     assert json.loads((out / "config.json").read_text())["tracking_uri"] == redacted

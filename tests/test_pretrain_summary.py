@@ -12,7 +12,8 @@ plt = pytest.importorskip("matplotlib.pyplot")
 
 from msgfm.errors import MsgfmError  # noqa: E402
 from msgfm.pretrain.summary import entry_losses, metric_history, write_summary  # noqa: E402
-from msgfm.tracking import TrackedRun, resolve_tracking_uri  # noqa: E402
+from msgfm.tracked_run import TrackedRun  # noqa: E402
+from msgfm.tracking import resolve_tracking_uri  # noqa: E402
 
 
 def logged_job(results: Path, job: Path) -> TrackedRun:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from msgfm.model.factory import build_mask_generator, build_model
-from msgfm.tracking import TrackedRun
+from msgfm.tracked_run import TrackedRun
 from msgfm.train.distributed import DistContext
 from msgfm.train.optim import build_optimization, build_scheduler, param_groups
 from msgfm.train.precision import Precision, job_precision

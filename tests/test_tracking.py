@@ -11,21 +11,26 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
+from msgfm.data.shards import ShardSet, ShardWriter, index_digest  # noqa: E402
 from msgfm.metric_writer import MetricWriteError  # noqa: E402
 from msgfm.redaction import redact_text, redact_url  # noqa: E402
+from msgfm.tracked_run import TrackedRun  # noqa: E402
 from msgfm.tracking import (  # noqa: E402
     WORKFLOW_RUN_ENV,
     ClusterStoreError,
-    TrackedRun,
     check_cluster_store,
     config_hash,
     finish_workflow_run,
     flatten,
+    git_commit,
+    init_store,
     resolve_tracking_uri,
+    source_tags,
     start_workflow_run,
 )
 
@@ -433,3 +438,47 @@ def test_a_tracking_server_error_does_not_print_its_password(tmp_path: Path) -> 
     assert failed.returncode != 0
     assert "http://***@127.0.0.1:9/api/" in failed.stderr  # the traceback, its URL masked
     assert "s3cret" not in failed.stderr
+
+
+def _tiny_set(root: Path, samples: int) -> ShardSet:
+    writer = ShardWriter(root, rows_per_shard=4)
+    for i in range(samples):
+        writer.add(f"tile{i}", {"rgb": np.full((3, 2, 2), i, np.uint8)}, split="train")
+    writer.close({})
+    return ShardSet(root)
+
+
+def test_runs_follow_mlflow_conventions_kind_source_and_datasets(tmp_path: Path, monkeypatch):
+    """The UI's runs table (not the GenAI overview), its Source and Dataset columns."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = resolve_tracking_uri(None, tmp_path)
+    client = mlflow.MlflowClient(uri)
+    client.create_experiment("older")  # made before experiments declared their kind
+    init_store(uri, ["older", "newer"], tmp_path)
+    for name in ("older", "newer"):
+        assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == (
+            "custom_model_development"
+        )
+    geopile, mdas = _tiny_set(tmp_path / "geopile", 5), _tiny_set(tmp_path / "mdas", 3)
+    run = open_run(tmp_path, tmp_path / "job")
+    run.set_tags(source_tags("python -m msgfm pretrain"))
+    run.log_shard_sets([geopile, mdas])
+    run.finish("KILLED")
+    again = open_run(tmp_path, tmp_path / "job")  # resumed: logs its inputs again
+    again.log_shard_sets([geopile, mdas])
+    again.finish()
+    stored = client.get_run(run.run_id)
+    tags = stored.data.tags
+    assert tags["mlflow.source.name"] == "python -m msgfm pretrain"
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"] == git_commit() != "unknown"
+    inputs = {i.dataset.name: i for i in stored.inputs.dataset_inputs}
+    assert sorted(inputs) == ["geopile", "mdas"]  # once each, though logged twice
+    for shards in (geopile, mdas):
+        logged = inputs[shards.path.name]
+        assert logged.dataset.digest == index_digest(shards.path)
+        assert json.loads(logged.dataset.source) == {"uri": str(shards.path.resolve())}
+        assert mlflow.data.get_source(logged).uri == str(shards.path.resolve())
+        assert {t.key: t.value for t in logged.tags} == {"mlflow.data.context": "training"}
+    assert index_digest(geopile.path) != index_digest(mdas.path)
+    assert index_digest(_tiny_set(tmp_path / "again", 5).path) == index_digest(geopile.path)

@@ -15,12 +15,12 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 
 from msgfm.tables.aggregate import write_tables  # noqa: E402
+from msgfm.tracked_run import TrackedRun  # noqa: E402
 from msgfm.tracking import (  # noqa: E402
     RESUMED_TAG,
     WORKFLOW_EXPERIMENT,
     WORKFLOW_RUN_ENV,
     WORKFLOW_TAG,
-    TrackedRun,
     finish_workflow_run,
     resolve_tracking_uri,
     start_workflow_run,

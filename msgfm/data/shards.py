@@ -19,6 +19,7 @@ temporaries.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -248,6 +249,12 @@ class ShardWriter:
             self.root / META_NAME, lambda p: p.write_text(json.dumps(meta, indent=2, default=str))
         )
         return index
+
+
+def index_digest(root: str | Path) -> str:
+    """What a finished set holds, as a short hash: the sha256 of its index (every sample's id,
+    shard, row, split and origin), cut to the 32 hex digits an MLflow dataset digest allows."""
+    return hashlib.sha256((Path(root) / INDEX_NAME).read_bytes()).hexdigest()[:32]
 
 
 class ShardSet:

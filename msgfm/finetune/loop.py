@@ -42,7 +42,8 @@ from msgfm.finetune.subsets import train_split
 from msgfm.model.factory import resolve_config
 from msgfm.plan import fraction_label
 from msgfm.redaction import redact
-from msgfm.tracking import TrackedRun, git_commit, job_hash, resolve_tracking_uri
+from msgfm.tracked_run import TrackedRun
+from msgfm.tracking import job_hash, resolve_tracking_uri, source_tags
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.distributed import (
     DistContext,
@@ -189,13 +190,14 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
             "transfer": cfg["transfer"],
             "inputs": inputs,
             "seed": str(seed),
-            "git_commit": git_commit(),
+            **source_tags("python -m msgfm finetune"),
             "config_hash": chash,
         },
         params=cfg,
         config_hash=chash,
         enabled=ctx.is_main,
     )
+    tracked.log_shard_sets([shards])
     precision = job_precision(settings.get("amp", "bf16"), ctx.device)
     trainer = Trainer(
         model=model, train_model=prepare_model(settings, ctx.device, model, wrap_ddp(model, ctx)),

@@ -50,7 +50,8 @@ from msgfm.pretrain.figures import save_reconstruction_figure
 from msgfm.pretrain.reconstruct import reconstruction_examples
 from msgfm.pretrain.teachers import add_teacher_targets, model_overrides, teacher_for_variant
 from msgfm.redaction import redact
-from msgfm.tracking import TrackedRun, git_commit, job_hash, resolve_tracking_uri
+from msgfm.tracked_run import TrackedRun
+from msgfm.tracking import job_hash, resolve_tracking_uri, source_tags
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.distributed import (
     DistContext,
@@ -217,7 +218,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         tags={
             "variant": variant["name"],
             "table": str(variant.get("table", "")),
-            "git_commit": git_commit(),
+            **source_tags("python -m msgfm pretrain"),
             "config_hash": chash,
             "moe": str(bool(variant["moe"])),
             "cross_rate": str(variant["cross_rate"]),
@@ -228,6 +229,7 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
         config_hash=chash,
         enabled=ctx.is_main,
     )
+    tracked.log_shard_sets(one for group in sets.values() for one in group)
     precision = job_precision(pre.get("amp", "bf16"), ctx.device)
     trainer = Trainer(
         model=model, train_model=prepare_model(pre, ctx.device, model, wrap_ddp(model, ctx)),
@@ -266,7 +268,8 @@ def _finish_outputs(
     tracked: TrackedRun,
     metrics: dict[str, Any],
 ) -> None:
-    """Figures, encoder and metrics; the encoder file is written last (the rule's output).
+    """Figures, encoder and metrics; the encoder file is written last (the rule's output),
+    then logged as an MLflow model (:mod:`msgfm.model_registry`).
 
     A model that reconstructs teacher features (EVA-style) has no pixels to show: no figures.
     """
@@ -293,5 +296,10 @@ def _finish_outputs(
     tmp = encoder.with_name(".encoder.pt.tmp")
     torch.save({"config": unwrap(model).config, "model": unwrap(model).state_dict()}, tmp)
     os.replace(tmp, encoder)
-    tracked.log_artifact(encoder)
+    if tracked.enabled:  # the encoder as the run's model; the Table 3 one also registered
+        from msgfm.model_registry import log_encoder_model
+
+        tracked.flush()
+        table3 = str(cfg["variant"].get("table")) == "3"
+        log_encoder_model(tracked.uri, tracked.run_id, encoder, register=table3)
     tracked.finish()

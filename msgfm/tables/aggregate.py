@@ -385,7 +385,8 @@ def log_tables(
     finetuning and pretraining runs behind each row (``members``: table name -> job folder ->
     row label) get ``<table>_row``, the row's label, which lines the runs of an ablation row
     up in the UI's compare view, and ``tables``, every table they feed (a run such as Table 6's
-    best row, also Table 5's "from scratch", feeds several).
+    best row, also Table 5's "from scratch", feeds several). Table 3's pretraining run also
+    gets the registry's ``table3`` alias on its encoder version (:mod:`msgfm.model_registry`).
     """
     from msgfm.tracking import log_table_run, read_run_id, tag_job_runs
 
@@ -399,6 +400,10 @@ def log_tables(
         if read_run_id(job)
     }
     tag_job_runs(uri, tags_by_job)
+    if table.name == "table3":  # the registry's alias follows the encoder behind the table
+        from msgfm.model_registry import alias_table3_encoder
+
+        alias_table3_encoder(uri, {read_run_id(job) for job in members[table.name]} - {None})
     log_table_run(
         uri,
         results_root,

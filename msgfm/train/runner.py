@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from msgfm.tracking import TrackedRun
+from msgfm.tracked_run import TrackedRun
 from msgfm.train.checkpoint import (
     ProcessLayout,
     TrainPosition,
