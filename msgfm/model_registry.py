@@ -14,7 +14,7 @@ Table 3 last written.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -26,10 +26,8 @@ import torch
 
 import msgfm
 from msgfm.model.factory import PretrainedBackbone, load_encoder
-from msgfm.tracking import _retry
+from msgfm.tracking import ENCODER_MODEL, _retry
 
-ENCODER_MODEL = "msgfm-encoder"
-TABLE3_ALIAS = "table3"
 MODEL_NAME = "encoder"  # the logged model's name in its run
 
 
@@ -120,16 +118,3 @@ def log_encoder_model(uri: str, run_id: str, encoder_file: str | Path, *, regist
     # A lost SQLite lock would fail the job after its last epoch, so it is retried: at worst the
     # run then holds the model twice (and, if registration itself was lost, two versions).
     return _retry(log)
-
-
-def alias_table3_encoder(uri: str, run_ids: Collection[str]) -> str | None:
-    """Point :data:`TABLE3_ALIAS` at the newest registered version logged by one of ``run_ids``
-    (the pretraining run behind Table 3's rows); returns its version, None if none is."""
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    found = _retry(lambda: client.search_model_versions(f"name = '{ENCODER_MODEL}'"))
-    versions = [v for v in found if v.run_id in run_ids]
-    if not versions:
-        return None
-    newest = str(max(int(v.version) for v in versions))
-    _retry(lambda: client.set_registered_model_alias(ENCODER_MODEL, TABLE3_ALIAS, newest))
-    return newest

@@ -29,7 +29,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -51,6 +51,8 @@ RESUMED_TAG = "msgfm.resumed_by"  # later invocations that continued it, comma-s
 # MLflow 3's UI opens an experiment without this tag on its GenAI traces overview (empty here),
 # with it on the runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+ENCODER_MODEL = "msgfm-encoder"  # registered model of the encoders behind Table 3 (paper §4)
+TABLE3_ALIAS = "table3"  # the version behind the written Table 3
 
 
 def resolve_tracking_uri(configured: str | None, results_root: str | Path) -> str:
@@ -404,3 +406,18 @@ def read_run_id(state_dir: str | Path) -> str | None:
     """The MLflow run id a job recorded in its folder (None before its first run)."""
     id_file = Path(state_dir) / RUN_ID_FILE
     return json.loads(id_file.read_text())["run_id"] if id_file.is_file() else None
+
+
+def alias_table3_encoder(uri: str, run_ids: Collection[str]) -> str | None:
+    """Point :data:`TABLE3_ALIAS` at the newest registered version logged by one of ``run_ids``
+    (the pretraining run behind Table 3's rows); returns its version, None if none is."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = _retry(lambda: client.search_model_versions(f"name = '{ENCODER_MODEL}'"))
+    versions = [v for v in found if v.run_id in run_ids]
+    if not versions:
+        return None
+    newest = str(max(int(v.version) for v in versions))
+    _retry(lambda: client.set_registered_model_alias(ENCODER_MODEL, TABLE3_ALIAS, newest))
+    return newest

@@ -5,21 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+import mlflow
 import torch
 
-mlflow = pytest.importorskip("mlflow")
-
-from msgfm.model.factory import PretrainedBackbone, build_model, load_encoder  # noqa: E402
-from msgfm.model_registry import (  # noqa: E402
-    ENCODER_MODEL,
-    TABLE3_ALIAS,
-    alias_table3_encoder,
-    log_encoder_model,
-)
-from msgfm.tables.aggregate import write_tables  # noqa: E402
-from msgfm.tracked_run import TrackedRun  # noqa: E402
-from msgfm.tracking import resolve_tracking_uri  # noqa: E402
+from msgfm.model.factory import PretrainedBackbone, build_model, load_encoder
+from msgfm.model_registry import log_encoder_model
+from msgfm.tables.aggregate import write_tables
+from msgfm.tracked_run import TrackedRun
+from msgfm.tracking import ENCODER_MODEL, TABLE3_ALIAS, alias_table3_encoder, resolve_tracking_uri
 
 SMALL = {"preset": "demo", "embed_dim": 16, "num_heads": [1, 1, 2, 2]}
 

@@ -401,7 +401,7 @@ def log_tables(
     }
     tag_job_runs(uri, tags_by_job)
     if table.name == "table3":  # the registry's alias follows the encoder behind the table
-        from msgfm.model_registry import alias_table3_encoder
+        from msgfm.tracking import alias_table3_encoder
 
         alias_table3_encoder(uri, {read_run_id(job) for job in members[table.name]} - {None})
     log_table_run(
