@@ -377,22 +377,34 @@ def log_table_run(
     return run_id
 
 
-def tag_job_runs(uri: str, tags_by_job: Mapping[str | Path, Mapping[str, str]]) -> int:
-    """Add tags to the runs whose ids job folders recorded; returns how many were tagged.
+def tag_job_runs(
+    uri: str,
+    tags_by_job: Mapping[str | Path, Mapping[str, str]],
+    metrics_by_job: Mapping[str | Path, Mapping[str, float]] | None = None,
+) -> int:
+    """Add tags (and metrics) to the runs whose ids job folders recorded; returns how many
+    runs were annotated.
 
     A folder without a run id (a job that ran without tracking) is skipped."""
     import mlflow
-    from mlflow.entities import RunTag
+    from mlflow.entities import Metric, RunTag
 
     client = mlflow.MlflowClient(tracking_uri=uri)
+    metrics_by_job = metrics_by_job or {}
+    now = int(time.time() * 1000)
     tagged = 0
-    for job, tags in tags_by_job.items():
+    for job in {**tags_by_job, **metrics_by_job}:
         run_id = read_run_id(job)
         if run_id is None:
             continue
-        batch = [RunTag(k, v) for k, v in tags.items()]
+        tags = [RunTag(k, v) for k, v in tags_by_job.get(job, {}).items()]
+        metrics = [Metric(k, v, now, 0) for k, v in metrics_by_job.get(job, {}).items()]
         try:
-            _retry(lambda run_id=run_id, batch=batch: client.log_batch(run_id, tags=batch))
+            _retry(
+                lambda run_id=run_id, tags=tags, metrics=metrics: client.log_batch(
+                    run_id, metrics=metrics, tags=tags
+                )
+            )
         except mlflow.exceptions.MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise

@@ -14,7 +14,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from msgfm.tables.aggregate import write_tables  # noqa: E402
+from msgfm.tables.aggregate import TABLE_FILES, write_tables  # noqa: E402
 from msgfm.tracked_run import TrackedRun  # noqa: E402
 from msgfm.tracking import (  # noqa: E402
     RESUMED_TAG,
@@ -124,7 +124,7 @@ def test_tables_are_logged_per_table_and_rows_tag_their_runs(
         (run,) = client.search_runs([experiment.experiment_id], "tags.stage = 'tables'")
         assert run.data.tags[WORKFLOW_TAG] == parent
         artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
-        assert artifacts == [f"{name}{suffix}" for suffix in (".csv", ".md", ".tex", "_paired.csv")]
+        assert artifacts == sorted(f"{name}{suffix}" for suffix in TABLE_FILES)
     table6 = client.get_experiment_by_name("msgfm-table6").experiment_id
     (tables6,) = client.search_runs([table6], "tags.stage = 'tables'")
     assert tables6.data.metrics["cost/finetune_device_hours"] == pytest.approx(3.0)
@@ -140,6 +140,11 @@ def test_tables_are_logged_per_table_and_rows_tag_their_runs(
     assert tags("dense")["table6_row"] == "MoE ✗ cross ✗ 0%" and tags("dense")["tables"] == "table6"
     assert tags("encoder")["table6_row"] == "MoE ✓ cross ✓ 50%"  # the pretraining run too
     assert tags("encoder")["tables"] == "table5,table6"
+    # ... and receives its row's downstream cells, to set variants against results in the UI.
+    metrics = client.get_run(runs["encoder"]).data.metrics
+    assert metrics["bigearthnet_10pct/mAP_micro"] == pytest.approx(80.0)
+    assert metrics["bigearthnet_10pct/mAP_micro/seeds"] == 1.0
+    assert "bigearthnet_10pct/mAP_micro" not in client.get_run(runs["best"]).data.metrics
     # The parent counts the runs it linked: three jobs and three tables runs.
     assert finish_workflow_run(store, parent, "FINISHED")["runs/linked"] == 6.0
 

@@ -355,7 +355,7 @@ def write_tables(
         plot_table(table, long, seed_values(table, results, transfer), out / f"{name}.png")
         written[name] = out / f"{name}.md"
         if tracking:
-            log_tables(tracking, table, out, members, cost.loc[TOTAL])
+            log_tables(tracking, table, out, members, cost.loc[TOTAL], long, pretrain_root)
     return written
 
 
@@ -372,12 +372,37 @@ def row_members(
     return members
 
 
+def metric_name(column: Column) -> str:
+    """A table column as an MLflow metric name: ``<task>[_<pct>pct]/<metric>``, e.g.
+    ``bigearthnet_10pct/mAP_micro`` (MLflow refuses the "%" of the column labels)."""
+    fraction = f"_{column.fraction * 100:g}pct" if column.fraction is not None else ""
+    return f"{column.task}{fraction}/{column.metric}"
+
+
+def downstream_metrics(
+    table: Table, long: pd.DataFrame, pretrain_root: str | Path | None
+) -> dict[str, dict[str, float]]:
+    """Pretraining job folder -> the mean and seed count of each cell its row filled."""
+    if pretrain_root is None:
+        return {}
+    columns = {column.label: column for column in table.columns}
+    out: dict[str, dict[str, float]] = {}
+    for line in long[(long.seeds > 0) & (long.init != "")].itertuples():
+        name = metric_name(columns[line.column])
+        metrics = out.setdefault(str(Path(pretrain_root) / line.init), {})
+        metrics[name] = float(line.ours_mean)
+        metrics[f"{name}/seeds"] = float(line.seeds)
+    return out
+
+
 def log_tables(
     tracking: tuple[str, str | Path],
     table: Table,
     out: Path,
     members: Mapping[str, Mapping[str, str]],
     total: pd.Series,
+    long: pd.DataFrame,
+    pretrain_root: str | Path | None,
 ) -> None:
     """Log one table to MLflow and tag the runs behind its rows.
 
@@ -385,7 +410,10 @@ def log_tables(
     finetuning and pretraining runs behind each row (``members``: table name -> job folder ->
     row label) get ``<table>_row``, the row's label, which lines the runs of an ablation row
     up in the UI's compare view, and ``tables``, every table they feed (a run such as Table 6's
-    best row, also Table 5's "from scratch", feeds several). Table 3's pretraining run also
+    best row, also Table 5's "from scratch", feeds several). Each row's pretraining run also
+    receives the row's cells as metrics (:func:`downstream_metrics`), so the compare view of
+    the table's experiment sets variant parameters against downstream results. Table 3's
+    pretraining run also
     gets the registry's ``table3`` alias on its encoder version (:mod:`msgfm.model_registry`).
     """
     from msgfm.tracking import log_table_run, read_run_id, tag_job_runs
@@ -399,7 +427,7 @@ def log_tables(
         for job, label in members[table.name].items()
         if read_run_id(job)
     }
-    tag_job_runs(uri, tags_by_job)
+    tag_job_runs(uri, tags_by_job, downstream_metrics(table, long, pretrain_root))
     if table.name == "table3":  # the registry's alias follows the encoder behind the table
         from msgfm.tracking import alias_table3_encoder
 
