@@ -1,9 +1,10 @@
 """The optimiser's parameter groups, recorded once and compared ever after.
 
 ``tests/data/param_groups.json`` holds, for the demo finetuning models (both transfer
-methods) and the demo pretraining model, every group's weight decay, ``lr_scale`` and
-parameter names in order. Regenerate it (``python tests/test_param_groups.py``) only for a
-change meant to alter the groups, and say why in the commit.
+methods) and the demo pretraining model, each trainable parameter's weight decay and
+``lr_scale`` by name: what the optimiser does to it, however the groups are cut. Regenerate
+it (``python tests/test_param_groups.py``) only for a change meant to alter the groups, and
+say why in the commit.
 """
 
 from __future__ import annotations
@@ -34,15 +35,17 @@ FINETUNE = {  # case → (task, transfer, layer decay)
 }
 
 
-def _described(model: torch.nn.Module, groups: list[dict[str, Any]]) -> list[list[Any]]:
-    names = {id(param): name for name, param in model.named_parameters()}
-    return [
-        [group["weight_decay"], group["lr_scale"], [names[id(p)] for p in group["params"]]]
+def _described(model: torch.nn.Module, groups: list[dict[str, Any]]) -> dict[str, list[float]]:
+    settings = {
+        id(param): [group["weight_decay"], group["lr_scale"]]
         for group in groups
-    ]
+        for param in group["params"]
+    }
+    assert len(settings) == sum(len(group["params"]) for group in groups), "a parameter twice"
+    return {name: settings[id(param)] for name, param in model.named_parameters()}
 
 
-def current_groups(case: str) -> list[list[Any]]:
+def current_groups(case: str) -> dict[str, list[float]]:
     torch.manual_seed(0)
     if case == "pretrain":
         model = build_model({"preset": "demo"})
@@ -66,4 +69,10 @@ def test_parameter_groups_match_the_record(case: str) -> None:
 
 
 if __name__ == "__main__":
-    RECORD.write_text(json.dumps({case: current_groups(case) for case in CASES}, indent=1) + "\n")
+    cases = [
+        f"{json.dumps(case)}: {{\n"
+        + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in current_groups(case).items())
+        + "\n}"
+        for case in CASES
+    ]
+    RECORD.write_text("{\n" + ",\n".join(cases) + "\n}\n")
