@@ -142,6 +142,33 @@ class PretrainedBackbone(nn.Module):
         return self.forward_features(image, sensor)
 
 
+class CheckpointFormatError(ValueError):
+    """A file or dict is not the checkpoint the caller asked for."""
+
+
+def read_checkpoint(source: str | Path | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """A saved state and the name errors call it by: a path is read on the CPU, weights only
+    (tensors and plain containers, never pickled code), a dict passes through. The one reader
+    of model weights: pretraining ``encoder.pt`` and timm Swin weights alike."""
+    if isinstance(source, str | Path):
+        return torch.load(source, map_location="cpu", weights_only=True), str(source)
+    return source, "<state dict>"
+
+
+def read_pretraining_checkpoint(
+    source: str | Path | Mapping[str, Any],
+) -> tuple[Mapping[str, Any], str]:
+    """``read_checkpoint`` of an msGFM ``{"config": model.config, "model": state_dict}``."""
+    state, origin = read_checkpoint(source)
+    if not isinstance(state, Mapping) or "config" not in state or "model" not in state:
+        found = sorted(state)[:5] if isinstance(state, Mapping) else type(state).__name__
+        raise CheckpointFormatError(
+            f"{origin}: not an msGFM pretraining checkpoint (expected 'config' and 'model', "
+            f"found {found})"
+        )
+    return state, origin
+
+
 def load_encoder(
     path_or_state: str | Path | Mapping[str, Any],
     sensors: Sequence[str] | None = None,
@@ -155,14 +182,7 @@ def load_encoder(
     default); ``stack=True`` also builds the stacked stem over ``sensors`` in the given order.
     The decoders, mask token and distillation head are pretraining-only and dropped.
     """
-    source = str(path_or_state) if isinstance(path_or_state, str | Path) else "<state dict>"
-    state = (
-        torch.load(path_or_state, map_location="cpu", weights_only=True)
-        if isinstance(path_or_state, str | Path)
-        else path_or_state
-    )
-    if "config" not in state or "model" not in state:
-        raise KeyError(f"{source}: checkpoint must hold 'config' and 'model', has {sorted(state)}")
+    state, source = read_pretraining_checkpoint(path_or_state)
     model = build_model(state["config"])
     model.load_state_dict(state["model"])
     names = list(sensors) if sensors is not None else model.sensors
