@@ -36,7 +36,6 @@ from msgfm.data.shards import ShardSet
 from msgfm.data.statistics import role_statistics
 from msgfm.files import atomic_path, write_json_atomic
 from msgfm.model.factory import build_mask_generator, build_model
-from msgfm.model.moe import MoEMlp
 from msgfm.plan import variant_model, variant_sources
 from msgfm.pretrain.batches import (
     SampleDraws,
@@ -131,8 +130,8 @@ def measure_input_statistics(
 def moe_metrics(model: torch.nn.Module) -> dict[str, float]:
     """Dropped-token share and expert-load imbalance (cv) averaged over the MoE blocks."""
     dropped, imbalance = [], []
-    for module in unwrap(model).modules():
-        if isinstance(module, MoEMlp) and module.last_stats.get("load") is not None:
+    for module in unwrap(model).encoder.moe_layers():
+        if module.last_stats.get("load") is not None:
             load = module.last_stats["load"].float()
             dropped.append(float(module.last_stats["dropped_fraction"]))
             imbalance.append(float(load.std() / (load.mean() + 1e-9)))
