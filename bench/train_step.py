@@ -38,7 +38,6 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from msgfm.model.factory import build_mask_generator, build_model
-from msgfm.model.moe import MoEMlp
 from msgfm.train.memory import retain_freed_cpu_memory
 
 IMG, CHANNELS = 192, 13
@@ -74,10 +73,9 @@ def bandwidths() -> tuple[float, float]:
 def moe_extra_bytes(model: nn.Module) -> int:
     """Bytes of expert weights beyond one expert per MoE layer (what a dense MLP would hold)."""
     extra = 0
-    for module in model.modules():
-        if isinstance(module, MoEMlp):
-            weights = sum(p.numel() * p.element_size() for p in module.experts.parameters())
-            extra += weights - weights // module.num_experts
+    for module in model.encoder.moe_layers():
+        weights = sum(p.numel() * p.element_size() for p in module.experts.parameters())
+        extra += weights - weights // module.num_experts
     return extra
 
 

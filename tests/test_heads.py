@@ -118,7 +118,8 @@ def test_finetune_model_accepts_sensor_keys_and_reports_missing_ones() -> None:
 def test_layer_decay_scales_rise_with_depth_to_one_at_the_head() -> None:
     model = build_finetune_model("bigearthnet", init="random", model_cfg=SMALL, img_size=64)
     groups = layer_decay_groups(model, base_lr=1e-3, layer_decay=0.5, weight_decay=0.05)
-    scale = {name: g["lr_scale"] for g in groups for name in g["names"]}
+    names = {id(param): name for name, param in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
     assert len(scale) == sum(1 for _ in model.parameters())
     _, head_layer = layer_ids(model)
     assert head_layer == 9  # 8 blocks + 1
@@ -136,7 +137,7 @@ def test_layer_decay_scales_rise_with_depth_to_one_at_the_head() -> None:
     assert values[-2] == 1.0  # the final norm trains with the head
     merge = "backbone.encoder.stages.1.downsample.reduction.weight"
     assert scale[merge] == scale["backbone.encoder.stages.0.blocks.1.attn.qkv.weight"]
-    decay = {name: g["weight_decay"] for g in groups for name in g["names"]}
+    decay = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
     assert decay["head.fc.bias"] == 0 and decay["head.fc.weight"] == 0.05
     assert decay["backbone.encoder.stages.0.blocks.0.attn.relative_position_bias_table"] == 0
 

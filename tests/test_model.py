@@ -15,6 +15,7 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
+from msgfm.model.encoder import SwinEncoder
 from msgfm.model.factory import (
     build_mask_generator,
     build_model,
@@ -91,6 +92,23 @@ def test_moe_replaces_exactly_the_odd_blocks_of_stage_3():
     assert every.encoder.moe_blocks() == [(1, 0), (1, 1)]
 
 
+def test_any_block_takes_the_mlp_that_mlp_layer_gives():
+    """A dense MLP in place of the MoE is one argument, with no MoE left to route or sum."""
+
+    def wider_in_stage_3(stage: int, block: int, dim: int, hidden: int) -> nn.Module | None:
+        return Mlp(dim, 2 * hidden) if stage == 2 else None
+
+    encoder = SwinEncoder(
+        img_size=64, embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 1, 2, 2], window_size=2,
+        mlp_layer=wider_in_stage_3,
+    )  # fmt: skip
+    widths = [[block.mlp.fc1.out_features for block in stage.blocks] for stage in encoder.stages]
+    assert widths == [[64, 64], [128, 128], [512, 512], [512, 512]]
+    assert encoder.moe_blocks() == [] and encoder.moe_layers() == []
+    assert encoder(torch.randn(2, 16, 16, 16)).shape == (2, 128, 2, 2)
+    assert encoder.aux_loss().item() == 0.0
+
+
 def test_total_loss_adds_weighted_aux_of_the_shared_pass():
     torch.manual_seed(2)
     model = build_model({"preset": "demo", "moe": {"capacity_factor": 1.0}})
@@ -106,7 +124,7 @@ def test_total_loss_adds_weighted_aux_of_the_shared_pass():
     finally:
         handle.remove()
     assert len(seen) == 1  # both entries share one trunk pass
-    aux = sum(m.aux_loss for m in model.encoder._moe_layers())
+    aux = sum(m.aux_loss for m in model.encoder.moe_layers())
     assert seen[0].item() > 0 and parts["aux"].item() == pytest.approx(aux.item())
     expected = parts["l1/s2"] + parts["l1/sar"] + 0.01 * aux
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)

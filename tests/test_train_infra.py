@@ -36,16 +36,20 @@ class Tiny(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.norm(self.embed_sar(x)))
 
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token", "relative_position_bias_table"}
+
 
 def groups_by_name(model: nn.Module, **kwargs: object) -> dict[str, tuple[float, float]]:
+    names = {id(param): name for name, param in model.named_parameters()}
     out = {}
     for group in param_groups(model, weight_decay=0.05, **kwargs):
-        for name in group["names"]:
-            out[name] = (group["weight_decay"], group["lr_scale"])
+        for param in group["params"]:
+            out[names[id(param)]] = (group["weight_decay"], group["lr_scale"])
     return out
 
 
-def test_no_weight_decay_on_norms_biases_tables_and_mask_token() -> None:
+def test_no_weight_decay_on_1d_parameters_and_the_models_list() -> None:
     groups = groups_by_name(Tiny())
     assert groups["body.weight"] == (0.05, 1.0)
     assert groups["embed_sar.weight"] == (0.05, 1.0)

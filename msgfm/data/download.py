@@ -33,8 +33,9 @@ from tqdm import tqdm
 from msgfm.data.extract import require_real_folder, safe_extract
 from msgfm.data.marker import write_ready_marker
 from msgfm.data.sources import RemoteFile, Source, get_source
-from msgfm.data.verify import digest_cache, file_md5, quarantine, verify_file, write_json
+from msgfm.data.verify import digest_cache, file_md5, quarantine, verify_file
 from msgfm.errors import ChecksumError, DataError, ManualDownloadRequired
+from msgfm.files import atomic_path, write_json_atomic
 from msgfm.redaction import redact_url
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def _transfer(
                 log.info("%s: remote file changed or Range ignored; restarting", redact_url(url))
             headers = response.headers
             validator = {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified")}
-            write_json(_validator_file(part), validator)
+            write_json_atomic(_validator_file(part), validator)
         total = start + length if length is not None else None
         received = start
         with (
@@ -382,8 +383,7 @@ def _install(remote: RemoteFile, path: Path, target: Path) -> str:
     else:
         require_real_folder(where, target)
         where.mkdir(parents=True, exist_ok=True)
-        tmp = where / f".{remote.name}.copying"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, where / remote.name)
-    write_json(record, {"file": remote.name, "md5": md5, "installed": time.time()})
+        with atomic_path(where / remote.name) as tmp:
+            shutil.copyfile(path, tmp)
+    write_json_atomic(record, {"file": remote.name, "md5": md5, "installed": time.time()})
     return md5

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from msgfm.errors import DataError
+from msgfm.files import write_json_atomic
 
 MARKER_NAME = ".msgfm-ready.json"
 
@@ -32,8 +33,4 @@ def write_ready_marker(folder: str | Path, dataset: str, *, origin: str, **extra
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
-    path = marker_path(folder)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(marker_path(folder), payload)

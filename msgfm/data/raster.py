@@ -19,6 +19,7 @@ from rasterio.transform import Affine, array_bounds
 from rasterio.warp import transform_bounds
 
 from msgfm.errors import DataError
+from msgfm.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,6 @@ def write_raster(
     The file appears under its final name only once complete, so a killed job never leaves
     a truncated GeoTIFF that a later run would trust.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     profile = {
         "driver": "GTiff",
         "count": data.shape[0],
@@ -141,9 +139,5 @@ def write_raster(
         profile["compress"] = compress
     if nodata is not None:
         profile["nodata"] = nodata
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)

@@ -32,12 +32,12 @@ import numpy as np
 import pandas as pd
 
 from msgfm.errors import DataError
+from msgfm.files import TEMP_MARK, atomic_path, temp_path, write_json_atomic
 
 INDEX_NAME = "index.parquet"
 META_NAME = "meta.json"
 FORMAT_VERSION = 1
 BASE_COLUMNS = ("sample_id", "shard", "row", "split", "source", "origin")
-_TMP_MARK = ".tmp-"
 _SHARD_NAME = re.compile(r"[A-Za-z0-9_]+-\d{5}\.npy")
 OPEN_MAPS = 64
 """Most shard memory maps one :class:`ShardSet` keeps open (least recently used go first).
@@ -80,7 +80,7 @@ class _RoleStream:
 
     def __init__(self, path: Path, dtype: np.dtype, sample_shape: tuple[int, ...], rows_max: int):
         self.path = path
-        self.tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+        self.tmp = temp_path(path)
         self.dtype = dtype
         self.sample_shape = sample_shape
         self.header_len = len(_npy_header(dtype, (rows_max, *sample_shape)))
@@ -101,15 +101,6 @@ class _RoleStream:
     def abort(self) -> None:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ShardWriter:
@@ -144,7 +135,7 @@ class ShardWriter:
         for name in (INDEX_NAME, META_NAME):
             (self.root / name).unlink(missing_ok=True)
         for path in self.root.iterdir():
-            if _TMP_MARK in path.name or _SHARD_NAME.fullmatch(path.name):
+            if TEMP_MARK in path.name or _SHARD_NAME.fullmatch(path.name):
                 path.unlink()
 
     def add(
@@ -244,10 +235,9 @@ class ShardWriter:
             **attrs,
             "report": dict(report or {}),
         }
-        _atomic_write(self.root / INDEX_NAME, lambda p: index.to_parquet(p, index=False))
-        _atomic_write(
-            self.root / META_NAME, lambda p: p.write_text(json.dumps(meta, indent=2, default=str))
-        )
+        with atomic_path(self.root / INDEX_NAME) as tmp:
+            index.to_parquet(tmp, index=False)
+        write_json_atomic(self.root / META_NAME, meta)
         return index
 
 

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from msgfm.errors import ChecksumError
+from msgfm.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def file_digests(path: Path) -> dict[str, str]:
             md5.update(chunk)
             sha256.update(chunk)
     digests = {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
-    write_json(digest_cache(path), {**key, **digests})
+    write_json_atomic(digest_cache(path), {**key, **digests})
     return digests
 
 
@@ -101,7 +102,7 @@ def quarantine(path: Path, *, name: str | None = None) -> Path:
     recorded = _read_lock(lock)
     if recorded.get(name, {}).get("sha256") == digests["sha256"]:
         del recorded[name]
-        write_json(lock, recorded)
+        write_json_atomic(lock, recorded)
     return bad
 
 
@@ -127,7 +128,7 @@ def _check_lock(lock: Path, name: str, size: int, sha256: str) -> str | None:
     seen = {"size": size, "sha256": sha256}
     expected = recorded.get(name)
     if expected is None:
-        write_json(lock, {**recorded, name: seen})
+        write_json_atomic(lock, {**recorded, name: seen})
         log.info("%s: no published checksum; size and SHA-256 recorded in %s", name, lock)
         return None
     if expected == seen:
@@ -148,9 +149,3 @@ def _read_lock(lock: Path) -> dict[str, dict]:
         raise ChecksumError(lock, f"is not valid JSON ({exc}); fix or delete it") from exc
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically: a killed job leaves the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -48,10 +48,13 @@ from msgfm.data.readers.spacenet2 import MUL_BANDS
 from msgfm.data.sensors import RGB_BANDS, SENSORS
 from msgfm.model.config import check_input_size, encoder_stride
 from msgfm.model.factory import (
+    CheckpointFormatError,
     PretrainedBackbone,
     build_embeds,
     build_encoder,
     load_encoder,
+    read_checkpoint,
+    read_pretraining_checkpoint,
     resolve_config,
 )
 from msgfm.model.patch_embed import SensorPatchEmbed, StackedPatchEmbed
@@ -169,18 +172,10 @@ def _load_msgfm(
     """The checkpoint's backbone with stems for ``sensors`` and the sensors it brought itself."""
     if checkpoint is None:
         raise BackboneError("init 'msgfm' needs the pretraining checkpoint (encoder.pt)")
-    origin = str(checkpoint) if isinstance(checkpoint, str | Path) else "<checkpoint dict>"
-    state = (
-        torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if isinstance(checkpoint, str | Path)
-        else checkpoint
-    )
-    if not isinstance(state, Mapping) or "config" not in state or "model" not in state:
-        keys = sorted(state)[:5] if isinstance(state, Mapping) else type(state).__name__
-        raise BackboneError(
-            f"{origin}: not an msGFM pretraining checkpoint (expected 'config' and 'model', "
-            f"found {keys}); for timm Swin weights use init 'in22k'"
-        )
+    try:
+        state, origin = read_pretraining_checkpoint(checkpoint)
+    except CheckpointFormatError as error:
+        raise BackboneError(f"{error}; for timm Swin weights use init 'in22k'") from None
     config = resolve_config(state["config"])
     if model_cfg:
         wanted = resolve_config(model_cfg)
@@ -262,13 +257,13 @@ def _in22k(
     if checkpoint is None:
         import timm
 
-        timm_state = timm.create_model(IN22K_MODEL, pretrained=True).state_dict()
-    elif isinstance(checkpoint, str | Path):
-        timm_state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        timm_state, origin = (
+            timm.create_model(IN22K_MODEL, pretrained=True).state_dict(),
+            IN22K_MODEL,
+        )
     else:
-        timm_state = checkpoint
+        timm_state, origin = read_checkpoint(checkpoint)
     timm_state = timm_state.get("state_dict", timm_state.get("model", timm_state))
-    origin = str(checkpoint) if checkpoint is not None else IN22K_MODEL
     try:
         weights, stem_state = timm_swin_to_encoder(timm_state, encoder.state_dict())
     except BackboneError as error:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from msgfm.data.shards import ShardSet
 from msgfm.data.statistics import role_statistics
+from msgfm.files import write_json_atomic
 from msgfm.finetune.data import (
     EpochBatchSampler,
     TaskDataset,
@@ -58,7 +59,6 @@ from msgfm.train.runner import (
     Trainer,
     make_loader,
     wrap_ddp,
-    write_json_atomic,
 )
 from msgfm.train.speed import prepare_model
 

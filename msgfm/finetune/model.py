@@ -29,7 +29,7 @@ layer i trains at ``lr · decay^(L + 1 − i)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from msgfm.finetune.backbone import build_backbone, input_size_for
 from msgfm.finetune.data import TaskSpec, task_spec
 from msgfm.finetune.heads import ClassificationHead, RegressionDecoder, UperNetHead
 from msgfm.model.factory import PretrainedBackbone
-from msgfm.train.optim import param_groups
+from msgfm.model.msgfm import no_weight_decay
 
 # A role whose full-resolution image also feeds the regression decoder.
 GUIDE_ROLES = {"spacenet2": "pan"}
@@ -120,6 +120,22 @@ class FinetuneModel(nn.Module):
     @property
     def task(self) -> str:
         return self.spec.name
+
+    def no_weight_decay(self) -> set[str]:
+        return no_weight_decay(self)
+
+    def group_matcher(self, coarse: bool = False) -> Callable[[str], int]:
+        """Parameter name → layer for timm's layer decay (module docstring); timm's hook.
+
+        Only the per-block grouping exists: ``coarse`` (one group per stage) is refused.
+        """
+        if coarse:
+            raise ValueError("FinetuneModel groups parameters per block only (coarse=False)")
+        ids, head_layer = layer_ids(self)
+        prefixes = sorted(ids.items(), key=lambda item: -len(item[0]))
+        return lambda name: next(
+            (i for prefix, i in prefixes if name.startswith(prefix)), head_layer
+        )
 
     def aux_loss(self) -> torch.Tensor:
         """Summed MoE balancing loss of the last forward (0 without MoE)."""
@@ -309,17 +325,22 @@ def layer_ids(model: FinetuneModel) -> tuple[dict[str, int], int]:
 def layer_decay_groups(
     model: FinetuneModel, base_lr: float, layer_decay: float, weight_decay: float
 ) -> list[dict[str, Any]]:
-    """AdamW groups with timm-style ``lr_scale`` per layer, for ``build_optimizer``.
+    """AdamW groups with a ``lr_scale`` per layer (timm's ``param_groups_layer_decay`` reading
+    ``model.group_matcher()`` and ``model.no_weight_decay()``), for ``build_optimizer``.
 
     Groups carry the unscaled ``lr`` (``base_lr``): timm's schedulers (``build_scheduler``)
-    multiply it by ``lr_scale`` on every update, the head's scale being 1. Weight decay skips
-    norms, biases and relative position bias tables (``param_groups``).
+    multiply it by ``lr_scale`` on every update, the head's scale being 1.
     """
+    from timm.optim import param_groups_layer_decay
+
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-    ids, head_layer = layer_ids(model)
-    scales = {prefix: layer_decay ** (head_layer - i) for prefix, i in ids.items()}
-    groups = param_groups(model, weight_decay=weight_decay, lr_scale_by_prefix=scales)
+    groups = param_groups_layer_decay(
+        model,
+        weight_decay=weight_decay,
+        no_weight_decay_list=model.no_weight_decay(),
+        layer_decay=layer_decay,
+    )
     for group in groups:
         group["lr"] = base_lr
     return groups

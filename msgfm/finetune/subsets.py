@@ -12,7 +12,6 @@ Torch-free on purpose: the subset job should not pay for importing it.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from msgfm.data.shards import ShardSet
 from msgfm.errors import DataError
+from msgfm.files import write_text_atomic
 from msgfm.plan import fraction_label
 
 # Mixed into the permutation's seed so a subset draw never equals another seeded stream.
@@ -53,10 +53,7 @@ def write_subset(shards: str | Path, out: str | Path, fraction: float, seed: int
         f"# training subset of {Path(shards).name}: fraction {fraction_label(fraction)}, "
         f"seed {seed}, {len(chosen)} of {len(shardset)} train samples, without replacement\n"
     )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(header + "".join(f"{sample_id}\n" for sample_id in chosen))
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, header + "".join(f"{sample_id}\n" for sample_id in chosen))
 
 
 def read_subset(path: str | Path) -> list[str]:

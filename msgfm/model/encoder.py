@@ -1,17 +1,18 @@
-"""The shared Swin v1 encoder, assembled from timm's stages, with MoE MLPs in stage 3.
+"""The shared Swin v1 encoder, assembled from timm's stages, with a choice of MLP per block.
 
 It starts *after* the patch embedding: input is the NHWC token grid (B, H/4, W/4, C) that a
 per-sensor stem produced (and the mask token edited), so one encoder serves every sensor.
 The stages are timm's ``SwinTransformerStage`` (each opens with ``PatchMerging`` except the
 first), so the hierarchy, window attention, shifted windows and relative position bias are
-timm's own code; we only swap chosen blocks' ``mlp`` for an ``MoEMlp`` (paper §3.4, Table 10:
-every other block of stage 3, i.e. blocks 1, 3, …, 17 of 18).
+timm's own code. ``mlp_layer`` (as timm's ``Block`` takes one) may give any block another
+``mlp``: msGFM's MoE layers (paper §3.4, Table 10: every other block of stage 3, i.e. blocks
+1, 3, …, 17 of 18; ``msgfm.model.moe.moe_mlp_layer``). An MLP that routes tokens (``MoEMlp``)
+has ``routing_groups`` and ``aux_loss``, which the encoder sets and sums.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 from timm.layers import trunc_normal_
@@ -20,26 +21,10 @@ from torch import nn
 
 from msgfm.model.config import stage_resolutions
 
-
-@dataclass(frozen=True)
-class MoESettings:
-    """Where the MoE MLPs go and how they route (paper §3.4, Table 10; tutel's gate)."""
-
-    stage: int = 2  # 0-based: the third stage
-    every_other: bool = True  # odd blocks only; False replaces every block of the stage
-    num_experts: int = 8
-    top_k: int = 1
-    capacity_factor: float = 1.25
-    gate_noise: float = 1.0
-    batch_prioritized: bool = True
-    aux_loss: str = "swin"
-    backend: str = "native"
-    dispatch: str = "auto"  # native backend: grouped | capacity | auto (msgfm.model.moe)
-    # What one routing covers when several sources' batches share a trunk pass: "source"
-    # (each source's batch alone, as the paper's sensor-by-sensor loading, §3.4) or "step".
-    routing_scope: str = "source"
-
-
+# A block's MLP: (stage, block, width, hidden width) → the module, or None to keep timm's Mlp.
+MlpLayer = Callable[[int, int, int, int], nn.Module | None]
+# What one routing covers when several sources' batches share a trunk pass: "source" (each
+# source's batch alone, as the paper's sensor-by-sensor loading, §3.4) or "step".
 ROUTING_SCOPES = ("source", "step")
 
 
@@ -58,9 +43,14 @@ class SwinEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
-        moe: MoESettings | None = None,
+        mlp_layer: MlpLayer | None = None,
+        routing_scope: str = "source",
     ) -> None:
         super().__init__()
+        if routing_scope not in ROUTING_SCOPES:
+            raise ValueError(
+                f"moe routing_scope {routing_scope!r} unknown; expected one of {ROUTING_SCOPES}"
+            )
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ")
         self.patch_size = patch_size
@@ -92,61 +82,42 @@ class SwinEncoder(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(self.num_features)
         self.apply(_init_weights)
-        self.moe_settings = moe
-        self._moe_positions: list[tuple[int, int]] = []
-        if moe is not None:
-            self._install_moe(moe, mlp_ratio)
-
-    def _install_moe(self, moe: MoESettings, mlp_ratio: float) -> None:
-        from msgfm.model.moe import MoEMlp
-
-        if moe.routing_scope not in ROUTING_SCOPES:
-            raise ValueError(
-                f"moe routing_scope {moe.routing_scope!r} unknown; expected one of {ROUTING_SCOPES}"
-            )
-        if not 0 <= moe.stage < len(self.stages):
-            raise ValueError(f"moe stage {moe.stage} out of range 0..{len(self.stages) - 1}")
-        dim = self.dims[moe.stage]
-        for index, block in enumerate(self.stages[moe.stage].blocks):
-            if moe.every_other and index % 2 == 0:
-                continue
-            block.mlp = MoEMlp(
-                dim,
-                int(dim * mlp_ratio),
-                num_experts=moe.num_experts,
-                top_k=moe.top_k,
-                capacity_factor=moe.capacity_factor,
-                gate_noise=moe.gate_noise,
-                batch_prioritized=moe.batch_prioritized,
-                aux_loss=moe.aux_loss,
-                backend=moe.backend,
-                dispatch=moe.dispatch,
-            )
-            self._moe_positions.append((moe.stage, index))
+        self.routing_scope = routing_scope
+        # Swapped after the init above: a swapped-in MLP keeps its own init, and the dense
+        # weights it replaces are drawn first, so a seed gives the same weights as ever.
+        for i, stage in enumerate(self.stages if mlp_layer is not None else ()):
+            for j, block in enumerate(stage.blocks):
+                mlp = mlp_layer(i, j, self.dims[i], int(self.dims[i] * mlp_ratio))
+                if mlp is not None:
+                    block.mlp = mlp
 
     def moe_blocks(self) -> list[tuple[int, int]]:
-        """(stage, block) indices whose MLP is an MoE layer."""
-        return list(self._moe_positions)
+        """(stage, block) indices whose MLP routes tokens (an MoE layer)."""
+        return [
+            (i, j)
+            for i, stage in enumerate(self.stages)
+            for j, block in enumerate(stage.blocks)
+            if hasattr(block.mlp, "routing_groups")
+        ]
 
-    def _moe_layers(self) -> list[nn.Module]:
-        return [self.stages[s].blocks[b].mlp for s, b in self._moe_positions]
+    def moe_layers(self) -> list[nn.Module]:
+        """The MLPs that route tokens, in block order."""
+        return [self.stages[s].blocks[b].mlp for s, b in self.moe_blocks()]
 
     def _route_in_groups(self, samples: Sequence[int] | None) -> None:
         """Tell the MoE layers that this forward's batch joins consecutive groups of these
         many samples (one source's batch each; None = one group). With ``routing_scope:
         source`` each group is routed alone, with ``step`` all tokens together
         (msgfm.model.msgfm). Set on every forward, so no call inherits another's groups."""
-        moe = self.moe_settings
         groups = None
-        if samples is not None and moe is not None and moe.routing_scope == "source":
+        if samples is not None and self.routing_scope == "source":
             groups = tuple(samples)
-        for layer in self._moe_layers():
+        for layer in self.moe_layers():
             layer.routing_groups = groups
 
     def aux_loss(self) -> torch.Tensor:
         """Sum of the MoE balancing losses of the last forward (0 without MoE)."""
-        layers = self._moe_layers()
-        losses = [m.aux_loss for m in layers if isinstance(m.aux_loss, torch.Tensor)]
+        losses = [m.aux_loss for m in self.moe_layers() if isinstance(m.aux_loss, torch.Tensor)]
         if not losses:
             return self.norm.weight.new_zeros(())
         return torch.stack(losses).sum()

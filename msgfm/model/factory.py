@@ -9,6 +9,7 @@ so ``load_encoder`` can rebuild the network.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,50 @@ from torch import nn
 
 from msgfm.model.config import feature_target_scale, resolve_config
 from msgfm.model.decoder import PixelDecoder
-from msgfm.model.encoder import MoESettings, SwinEncoder
+from msgfm.model.encoder import MlpLayer, SwinEncoder
 from msgfm.model.masking import MaskGenerator
 from msgfm.model.msgfm import DistillHead, MsGFM
 from msgfm.model.patch_embed import SensorPatchEmbed, StackedPatchEmbed
+
+
+@dataclass(frozen=True)
+class MoESettings:
+    """Where the MoE MLPs go and how they route (paper §3.4, Table 10; tutel's gate)."""
+
+    stage: int = 2  # 0-based: the third stage
+    every_other: bool = True  # odd blocks only; False replaces every block of the stage
+    num_experts: int = 8
+    top_k: int = 1
+    capacity_factor: float = 1.25
+    gate_noise: float = 1.0
+    batch_prioritized: bool = True
+    aux_loss: str = "swin"
+    backend: str = "native"
+    dispatch: str = "auto"  # native backend: grouped | capacity | auto (msgfm.model.moe)
+    routing_scope: str = "source"  # msgfm.model.encoder.ROUTING_SCOPES
+
+
+def moe_mlp_layer(moe: MoESettings) -> MlpLayer:
+    """The encoder's ``mlp_layer`` that puts an ``MoEMlp`` where ``moe`` says."""
+    from msgfm.model.moe import MoEMlp
+
+    def layer(stage: int, block: int, dim: int, hidden: int) -> MoEMlp | None:
+        if stage != moe.stage or (moe.every_other and block % 2 == 0):
+            return None
+        return MoEMlp(
+            dim,
+            hidden,
+            num_experts=moe.num_experts,
+            top_k=moe.top_k,
+            capacity_factor=moe.capacity_factor,
+            gate_noise=moe.gate_noise,
+            batch_prioritized=moe.batch_prioritized,
+            aux_loss=moe.aux_loss,
+            backend=moe.backend,
+            dispatch=moe.dispatch,
+        )
+
+    return layer
 
 
 def moe_settings(cfg: Mapping[str, Any]) -> MoESettings | None:
@@ -32,7 +73,8 @@ def moe_settings(cfg: Mapping[str, Any]) -> MoESettings | None:
 
 
 def build_encoder(cfg: Mapping[str, Any]) -> SwinEncoder:
-    """The shared encoder of a resolved config."""
+    """The shared encoder of a resolved config: dense, or with MoE MLPs (``model.moe``)."""
+    moe = moe_settings(cfg)
     return SwinEncoder(
         img_size=cfg["img_size"],
         patch_size=cfg["patch_size"],
@@ -43,7 +85,8 @@ def build_encoder(cfg: Mapping[str, Any]) -> SwinEncoder:
         mlp_ratio=cfg["mlp_ratio"],
         qkv_bias=cfg["qkv_bias"],
         drop_path_rate=cfg["drop_path_rate"],
-        moe=moe_settings(cfg),
+        mlp_layer=moe_mlp_layer(moe) if moe else None,
+        routing_scope=moe.routing_scope if moe else "source",
     )
 
 
@@ -142,6 +185,33 @@ class PretrainedBackbone(nn.Module):
         return self.forward_features(image, sensor)
 
 
+class CheckpointFormatError(ValueError):
+    """A file or dict is not the checkpoint the caller asked for."""
+
+
+def read_checkpoint(source: str | Path | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """A saved state and the name errors call it by: a path is read on the CPU, weights only
+    (tensors and plain containers, never pickled code), a dict passes through. The one reader
+    of model weights: pretraining ``encoder.pt`` and timm Swin weights alike."""
+    if isinstance(source, str | Path):
+        return torch.load(source, map_location="cpu", weights_only=True), str(source)
+    return source, "<state dict>"
+
+
+def read_pretraining_checkpoint(
+    source: str | Path | Mapping[str, Any],
+) -> tuple[Mapping[str, Any], str]:
+    """``read_checkpoint`` of an msGFM ``{"config": model.config, "model": state_dict}``."""
+    state, origin = read_checkpoint(source)
+    if not isinstance(state, Mapping) or "config" not in state or "model" not in state:
+        found = sorted(state)[:5] if isinstance(state, Mapping) else type(state).__name__
+        raise CheckpointFormatError(
+            f"{origin}: not an msGFM pretraining checkpoint (expected 'config' and 'model', "
+            f"found {found})"
+        )
+    return state, origin
+
+
 def load_encoder(
     path_or_state: str | Path | Mapping[str, Any],
     sensors: Sequence[str] | None = None,
@@ -155,14 +225,7 @@ def load_encoder(
     default); ``stack=True`` also builds the stacked stem over ``sensors`` in the given order.
     The decoders, mask token and distillation head are pretraining-only and dropped.
     """
-    source = str(path_or_state) if isinstance(path_or_state, str | Path) else "<state dict>"
-    state = (
-        torch.load(path_or_state, map_location="cpu", weights_only=True)
-        if isinstance(path_or_state, str | Path)
-        else path_or_state
-    )
-    if "config" not in state or "model" not in state:
-        raise KeyError(f"{source}: checkpoint must hold 'config' and 'model', has {sorted(state)}")
+    state, source = read_pretraining_checkpoint(path_or_state)
     model = build_model(state["config"])
     model.load_state_dict(state["model"])
     names = list(sensors) if sensors is not None else model.sensors

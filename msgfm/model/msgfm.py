@@ -119,6 +119,20 @@ def distill_loss(
     return recon_l1 - alpha * distill_cosine(student, teacher)
 
 
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """The parameters that take no weight decay (SimMIM/GFM practice): norms, biases (the MoE
+    experts' stacked 2-D ones too), relative position bias tables and the mask token.
+
+    Every model's ``no_weight_decay()`` returns this, the hook timm's optimiser factory and
+    ``msgfm.train.optim.param_groups`` read, so pretraining and finetuning share one rule.
+    """
+    return {
+        name
+        for name, param in model.named_parameters()
+        if param.ndim <= 1 or name.endswith(("bias", "relative_position_bias_table", "mask_token"))
+    }
+
+
 class DistillHead(nn.Module):
     """Student stage-3 map (B, h, w, C) → average pool → Linear(C, D_teacher)."""
 
@@ -190,15 +204,7 @@ class MsGFM(nn.Module):
         return tokens
 
     def no_weight_decay(self) -> set[str]:
-        """Norms, biases, relative position bias tables and the mask token."""
-        return {
-            name
-            for name, param in self.named_parameters()
-            if param.ndim <= 1
-            or name.endswith("bias")
-            or "relative_position_bias_table" in name
-            or name == "mask_token"
-        }
+        return no_weight_decay(self)
 
     def forward(
         self,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from msgfm.data.sensors import RGB_MEAN, RGB_STD, S2_BANDS
+from msgfm.files import atomic_path
 
 
 @dataclass
@@ -82,8 +83,7 @@ def save_reconstruction_figure(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path

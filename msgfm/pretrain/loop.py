@@ -20,7 +20,6 @@ identically: hub weights, or a seeded random model).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,8 @@ from msgfm.data.loader import (
 )
 from msgfm.data.shards import ShardSet
 from msgfm.data.statistics import role_statistics
+from msgfm.files import atomic_path, write_json_atomic
 from msgfm.model.factory import build_mask_generator, build_model
-from msgfm.model.moe import MoEMlp
 from msgfm.plan import variant_model, variant_sources
 from msgfm.pretrain.batches import (
     SampleDraws,
@@ -66,7 +65,6 @@ from msgfm.train.runner import (
     Trainer,
     make_loader,
     wrap_ddp,
-    write_json_atomic,
 )
 from msgfm.train.speed import prepare_model
 
@@ -132,8 +130,8 @@ def measure_input_statistics(
 def moe_metrics(model: torch.nn.Module) -> dict[str, float]:
     """Dropped-token share and expert-load imbalance (cv) averaged over the MoE blocks."""
     dropped, imbalance = [], []
-    for module in unwrap(model).modules():
-        if isinstance(module, MoEMlp) and module.last_stats.get("load") is not None:
+    for module in unwrap(model).encoder.moe_layers():
+        if module.last_stats.get("load") is not None:
             load = module.last_stats["load"].float()
             dropped.append(float(module.last_stats["dropped_fraction"]))
             imbalance.append(float(load.std() / (load.mean() + 1e-9)))
@@ -293,9 +291,8 @@ def _finish_outputs(
     tracked.log_artifact(out / "config.json")
     tracked.log_artifact(out / "metrics.json")
     encoder = out / "encoder.pt"
-    tmp = encoder.with_name(".encoder.pt.tmp")
-    torch.save({"config": unwrap(model).config, "model": unwrap(model).state_dict()}, tmp)
-    os.replace(tmp, encoder)
+    with atomic_path(encoder) as tmp:
+        torch.save({"config": unwrap(model).config, "model": unwrap(model).state_dict()}, tmp)
     if tracked.enabled:  # the encoder as the run's model; the Table 3 one also registered
         from msgfm.model_registry import log_encoder_model
 

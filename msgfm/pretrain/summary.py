@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from msgfm.errors import MsgfmError
+from msgfm.files import atomic_path
 from msgfm.tracking import read_run_id, resolve_tracking_uri
 
 # Per-step bookkeeping, not losses: kept out of the per-entry panel.
@@ -104,8 +105,6 @@ def write_summary(
     note = "" if figures else "no pixel reconstructions: this variant reconstructs teacher features"
     images = [_curves_image(history, f"{job_dir.name}: training curves", note)]
     images += [plt.imread(figure)[..., :3].astype(np.float32) for figure in figures]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    plt.imsave(tmp, _stack(images))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, _stack(images), format="png")
     return path

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
@@ -31,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from msgfm.errors import DataError
+from msgfm.files import write_text_atomic
 from msgfm.tables.compare import COMPARISON_LEGEND, PairedDifference, marker, paired_difference
 from msgfm.tables.paper import TABLES, Column, Row, Table
 from msgfm.tables.plots import plot_table
@@ -303,12 +303,6 @@ def to_wide(
     return frame
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_tables(
     paths: Iterable[str | Path],
     finetune_root: str | Path,
@@ -340,18 +334,18 @@ def write_tables(
         table = TABLES[name]
         long = build_table(table, results, transfer, pretrained)
         cost = table_cost(table, results, transfer, pretrained)
-        _write(out / f"{name}.csv", long.to_csv(index=False))
+        write_text_atomic(out / f"{name}.csv", long.to_csv(index=False))
         paired = build_comparisons(table, results, transfer)
-        _write(out / f"{name}_paired.csv", paired.to_csv(index=False))
+        write_text_atomic(out / f"{name}_paired.csv", paired.to_csv(index=False))
         wide = to_wide(table, long, cost).to_markdown(disable_numparse=True)
         differences = comparisons_wide(table, paired).to_markdown(disable_numparse=True)
         markdown = (
             f"## {table.title}\n\n{LEGEND}{wide}\n\n"
             f"### Paired differences over seeds\n\n{COMPARISON_LEGEND}{differences}\n"
         )
-        _write(out / f"{name}.md", markdown)
+        write_text_atomic(out / f"{name}.md", markdown)
         latex = to_wide(table, long, cost, latex=True).to_latex(escape=False, caption=table.title)
-        _write(out / f"{name}.tex", latex)
+        write_text_atomic(out / f"{name}.tex", latex)
         plot_table(table, long, seed_values(table, results, transfer), out / f"{name}.png")
         written[name] = out / f"{name}.md"
         if tracking:

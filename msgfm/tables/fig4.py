@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from msgfm.errors import DataError
+from msgfm.files import atomic_path, write_text_atomic
 
 MULTI_SENSOR = "msGFM"  # the row label of the multi-sensor model (fig4_rows in rules/common.smk)
 
@@ -186,10 +186,9 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         ax.legend(handles, labels, title="pretrained on", fontsize=8)
     fig.suptitle("Fig. 4: single-sensor vs multi-sensor pretraining (mean ± std over seeds)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_fig4(
@@ -203,8 +202,6 @@ def write_fig4(
     summary = summarise(cells, parsed)
     for out in (Path(png), Path(csv)):
         out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(csv).with_name(f".{Path(csv).name}.tmp")
-    tmp.write_text(summary.to_csv(index=False))
-    os.replace(tmp, csv)
+    write_text_atomic(csv, summary.to_csv(index=False))
     plot(summary, Path(png))
     return summary

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from msgfm.files import atomic_path
 from msgfm.tables.paper import Table
 
 OURS, PAPER = "tab:blue", "black"
@@ -58,9 +59,7 @@ def plot_table(table: Table, long: pd.DataFrame, seeds: pd.DataFrame, path: Path
     fig.legend(handles, names, loc="upper right", fontsize=8)
     fig.suptitle(table.title, fontsize=10, x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -7,7 +7,7 @@ written under (world size, per-rank and global batch), so that a job killed by S
 requeued produces bitwise the same weights on CPU as one that was never interrupted. Files are
 written to a temporary name (``.last.pt.tmp-<pid>``) and renamed, so a kill during the write
 leaves the previous checkpoint intact; a SIGKILL leaves the partial file behind, which the next
-resume removes (:func:`remove_stale_temp_files`).
+resume removes (:mod:`msgfm.files`).
 
 A resume under another world size is refused, naming both: the data slices, the schedule (in
 steps) and the global batch all follow the world size, so continuing would silently train
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from msgfm.errors import MsgfmError
+from msgfm.files import atomic_path, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 LAST = "last.pt"
@@ -108,12 +109,8 @@ def save_checkpoint(
         "extra": extra or {},
     }
     path = directory / LAST
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -208,28 +205,6 @@ def _check_fits(
             f"{path} has this run's config hash but its optimizer groups hold {saved_groups} "
             f"parameters, this run's {groups}; move it away to start afresh"
         )
-
-
-def remove_stale_temp_files(path: Path) -> None:
-    """Delete the partial ``.<name>.tmp-<pid>`` files of ``path`` whose writer is dead: a
-    SIGKILL mid-write runs no cleanup, and each attempt leaves a file as large as a checkpoint.
-    A process id alive on this machine keeps its file (it may be writing it; on a cluster a
-    file of another node's process that happens to share the id waits for a later resume)."""
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            log.info("removing %s, left by process %s that is gone", tmp, pid)
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,8 +1,8 @@
 """AdamW parameter groups and the per-iteration learning-rate schedule (timm's schedulers).
 
 Two facts of the paper shape the groups:
-- no weight decay on norms, biases, relative position bias tables and the mask token
-  (SimMIM/GFM practice);
+- no weight decay where the model's ``no_weight_decay()`` says (one rule for every model:
+  ``msgfm.model.msgfm.no_weight_decay``);
 - per-source learning rates {RGB 1e-4, SEN12MS 0.25e-4, MDAS 1e-5} (paper Table 10), which
   the paper scales with each source's batch size. One optimiser cannot give the shared
   encoder three learning rates, so we apply them where they are unambiguous: modules used by
@@ -23,18 +23,6 @@ from torch import nn
 
 from msgfm.train.speed import switch_on
 
-NO_DECAY_SUFFIXES = ("relative_position_bias_table", "mask_token")
-
-
-def _wants_no_decay(name: str, param: nn.Parameter, extra: set[str]) -> bool:
-    return (
-        param.ndim <= 1
-        or name.endswith(".bias")
-        or any(name.endswith(suffix) for suffix in NO_DECAY_SUFFIXES)
-        or name in extra
-        or any(name.endswith(f".{item}") or name == item for item in extra)
-    )
-
 
 def param_groups(
     model: nn.Module,
@@ -44,30 +32,24 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into (decay or not) × (lr_scale) groups.
 
-    ``lr_scale_by_prefix`` maps a parameter-name prefix (e.g. ``"patch_embeds.sar."``) to a
-    learning-rate multiplier; the longest matching prefix wins, others get 1.0.
+    No decay on 1-D parameters and on the names in ``model.no_weight_decay()`` (timm's rule,
+    ``param_groups_weight_decay``); ``lr_scale_by_prefix`` maps a parameter-name prefix (e.g.
+    ``"embeds.sar."``) to a learning-rate multiplier; the longest matching prefix wins, others
+    get 1.0. (Finetuning's layer decay is timm's ``param_groups_layer_decay``.)
     """
-    extra: set[str] = set()
-    if hasattr(model, "no_weight_decay"):
-        extra = set(model.no_weight_decay())
+    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     prefixes = sorted((lr_scale_by_prefix or {}).items(), key=lambda item: -len(item[0]))
     groups: dict[tuple[bool, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decay = not _wants_no_decay(name, param, extra)
+        decay = param.ndim > 1 and name not in no_decay
         scale = next((value for prefix, value in prefixes if name.startswith(prefix)), 1.0)
         group = groups.setdefault(
             (decay, scale),
-            {
-                "params": [],
-                "names": [],
-                "weight_decay": weight_decay if decay else 0.0,
-                "lr_scale": scale,
-            },
+            {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale},
         )
         group["params"].append(param)
-        group["names"].append(name)
     return list(groups.values())
 
 
@@ -79,14 +61,13 @@ def build_optimizer(
     eps: float = 1e-8,
     fused: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW as in paper Table 10; the ``names`` bookkeeping key is dropped here. ``fused``:
-    one kernel per step over all parameters instead of a dozen per tensor (CUDA's speed-up).
+    """AdamW as in paper Table 10. ``fused``: one kernel per step over all parameters instead
+    of a dozen per tensor (CUDA's speed-up).
 
     Groups keep the unscaled ``lr``: the scheduler multiplies by ``lr_scale`` on every update
     (timm's convention), starting with the call in :func:`build_scheduler`.
     """
-    cleaned = [{k: v for k, v in group.items() if k != "names"} for group in groups]
-    return torch.optim.AdamW(cleaned, lr=lr, betas=betas, eps=eps, fused=fused or None)
+    return torch.optim.AdamW(list(groups), lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
 def build_scheduler(

@@ -15,9 +15,7 @@ signal every ``preempt_check_every`` steps (and at each epoch's end), not every 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,13 +51,6 @@ log = logging.getLogger(__name__)
 StepFn = Callable[[Any, TrainPosition], tuple[torch.Tensor, Mapping[str, torch.Tensor], int]]
 # Default of the configs' pretrain/finetune.preempt_check_every: steps between stop checks.
 PREEMPT_CHECK_EVERY = 10
-
-
-def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def make_loader(
