@@ -83,6 +83,20 @@ def cluster() -> Iterator[None]:
             ["bash", str(SCRIPT), "remove"], env=ENV, capture_output=True, text=True, timeout=300
         )
         assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert not job_processes_left(), job_processes_left()
+
+
+def job_processes_left() -> list[str]:
+    """Command lines of processes still carrying this cluster's name in their environment:
+    jobs that escaped SLURM's parent-id tracking (the script's remove kills them)."""
+    left = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if b"\0SLURM_CLUSTER_NAME=msgfm-localhost\0" in b"\0" + environ.read_bytes():
+                left.append((environ.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return left
 
 
 def tiny_profile(folder: Path) -> Path:

@@ -22,6 +22,7 @@ set -euo pipefail
 MARK="# written by msgfm workflow/scripts/slurm_localhost.sh"
 CONF_DIR=/etc/slurm
 RUN_DIR=/run/msgfm-slurm
+CLUSTER=msgfm-localhost  # also in every job's environment (SLURM_CLUSTER_NAME)
 # What start added, for remove: the packages it installed, the folders it created.
 ADDED=/var/lib/msgfm-slurm
 GPUS=${MSGFM_SLURM_GPUS:-2}
@@ -84,7 +85,7 @@ write_config() {
     # Written beside the targets and renamed: a failed write never leaves a partial config.
     cat >"$CONF_DIR/slurm.conf.tmp" <<EOF
 $MARK
-ClusterName=msgfm-localhost
+ClusterName=$CLUSTER
 SlurmctldHost=$node(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -161,6 +162,22 @@ stop_daemons() {
             for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         fi
         rm -f "$RUN_DIR/$daemon.pid"
+    done
+    kill_escaped_job_processes
+}
+
+# Without cgroups, SLURM tracks a job's processes by parent id (proctrack/linuxproc): one whose
+# step ended first (a requeued job's Snakemake step still handling SIGTERM) is reparented to init
+# and outlives the job. Every job process carries the cluster's name in its environment.
+kill_escaped_job_processes() {
+    local environ pid
+    for environ in /proc/[0-9]*/environ; do
+        pid=${environ#/proc/}
+        pid=${pid%/environ}
+        [ "$pid" = "$$" ] && continue
+        if { tr '\0' '\n' <"$environ"; } 2>/dev/null | grep -qx "SLURM_CLUSTER_NAME=$CLUSTER"; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
     done
 }
 
