@@ -42,10 +42,11 @@ def test_one_srun_task_per_node_holds_the_nodes_gpus_and_meets_on_the_first() ->
 
 def test_torchrun_waits_the_signal_lead_and_forwards_the_time_limit_warning() -> None:
     options, env = single_node_rendezvous("/tmp/job")
-    command = torchrun_command(Layout(1, 8), 300, options, ["pretrain"])
+    command = torchrun_command(Layout(1, 8), 300, options, ["pretrain"], "/tmp/job/logs")
     assert command[command.index("--shutdown-timeout") + 1] == "300"
     assert "SIGURG" in command[command.index("--signals-to-handle") + 1].split(",")
     assert command[command.index("--nproc-per-node") + 1] == "8"
+    assert command[command.index("--log-dir") + 1] == "/tmp/job/logs"
     # one node: file stores and loopback only, no TCP store on the node's network
     assert command[command.index("--rdzv-endpoint") + 1] == "/tmp/job/rendezvous"
     assert env["MSGFM_DIST_INIT"] == "file:///tmp/job/process-group"

@@ -80,14 +80,18 @@ def rendezvous_port(job_id: str) -> int:
 
 
 def torchrun_command(
-    layout: Layout, grace_s: int, rendezvous: Sequence[str], verb: Sequence[str]
+    layout: Layout, grace_s: int, rendezvous: Sequence[str], verb: Sequence[str], log_dir: str
 ) -> list[str]:
-    """torchrun for one node's ``gpus_per_node`` processes, each running ``python -m msgfm``."""
+    """torchrun for one node's ``gpus_per_node`` processes, each running ``python -m msgfm``.
+
+    ``log_dir``: torchrun's agent otherwise makes a ``/tmp/torchelastic_*`` folder per start and
+    never removes it (thousands on a node after a few hundred jobs); the launcher owns and removes
+    this one."""
     return [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", str(layout.nodes), "--nproc-per-node", str(layout.gpus_per_node),
         "--max-restarts", "0", "--shutdown-timeout", str(grace_s),
-        "--signals-to-handle", TORCHRUN_SIGNALS,
+        "--signals-to-handle", TORCHRUN_SIGNALS, "--log-dir", log_dir,
         *rendezvous, "-m", "msgfm", *verb,
     ]  # fmt: skip
 
@@ -179,18 +183,19 @@ def run_node(
     """This node's processes: a plain interpreter for one, torchrun for several."""
     if layout.world_size == 1:
         return run_watching_signals([sys.executable, "-m", "msgfm", *verb], env)
-    if layout.nodes > 1:
-        if not endpoint:
-            raise LaunchError(
-                f"{layout.nodes} nodes need a SLURM allocation, or --rendezvous HOST:PORT given "
-                "to one launcher per node"
-            )
-        command = torchrun_command(layout, grace_s, multi_node_rendezvous(endpoint, run_id), verb)
-        return run_watching_signals(command, env)
-    folder = tempfile.mkdtemp(prefix="msgfm-rendezvous-")
+    if layout.nodes > 1 and not endpoint:
+        raise LaunchError(
+            f"{layout.nodes} nodes need a SLURM allocation, or --rendezvous HOST:PORT given "
+            "to one launcher per node"
+        )
+    folder = tempfile.mkdtemp(prefix="msgfm-launch-")
     try:
-        options, extra = single_node_rendezvous(folder)
-        command = torchrun_command(layout, grace_s, options, verb)
+        logs = os.path.join(folder, "torchrun-logs")
+        if layout.nodes > 1:
+            rendezvous, extra = multi_node_rendezvous(endpoint, run_id), {}
+        else:
+            rendezvous, extra = single_node_rendezvous(folder)
+        command = torchrun_command(layout, grace_s, rendezvous, verb, logs)
         return run_watching_signals(command, {**env, **extra})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
