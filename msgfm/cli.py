@@ -27,9 +27,6 @@ class ExitStatus(int):
     """A verb's result that is the process's exit status (``launch``: its job's)."""
 
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-
-
 def _make_demo(args: argparse.Namespace) -> object:
     from msgfm.data.demo import write_demo
 
@@ -155,17 +152,12 @@ def _fig4(args: argparse.Namespace) -> object:
 
 
 def _estimate_cost(args: argparse.Namespace) -> object:
-    import yaml
-    from snakemake.utils import update_config, validate
-
+    from msgfm.config_checks import load_config
     from msgfm.cost import estimate, measured_throughput, shard_sizes
     from msgfm.plan import experiments
     from msgfm.tracking import resolve_tracking_uri
 
-    config: dict = {}
-    for path in args.configfile:
-        update_config(config, yaml.safe_load(path.read_text()) or {})
-    validate(config, str(SCHEMA))  # fills every default, as the workflow does
+    config = load_config(args.configfile)
     results = Path(config["results_root"])
     throughput = {}
     if args.measured:

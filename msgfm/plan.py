@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from msgfm.tables.paper import TABLES
@@ -26,9 +27,13 @@ TABLE_NAMES = tuple(TABLES)
 # Finetuning inits besides the pretraining variants: Table 3's Random and IN-22k rows.
 BASELINE_INITS = ("in22k", "random")
 # Job folders under results_root (the rules' output patterns start with them).
+SHARDS_DIR = "shards"
 PRETRAIN_DIR = "pretrain"
 FINETUNE_DIR = "finetune"
 INPUTS_DIR = "finetune_inputs"  # cells fed a subset of the task's sensors (figures only)
+# Pretraining settings of the rule, not of the training job: the process layout reaches the job
+# as its world size, the epoch cap and overrides as the variant's epochs.
+RULE_ONLY = frozenset({"epochs_cap", "epochs_override", "nodes", "gpus_per_node", "threads"})
 
 
 class Cell(NamedTuple):
@@ -105,6 +110,99 @@ def variant_model(model: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[
     settings = json.loads(json.dumps(model))
     settings.setdefault("moe", {})["enabled"] = bool(variant["moe"])
     return settings
+
+
+def pretrain_job(
+    config: Mapping[str, Any], variant: str, shards_root: str, results_root: str
+) -> dict[str, Any]:
+    """The resolved config of one pretraining variant, as its job receives it: the variant with
+    the epochs it trains, the model, the pretraining settings of the job itself (the rule's
+    own, :data:`RULE_ONLY`, stay with the rule) and where it reads and writes."""
+    settings = config["pretrain"]
+    spec = {**config["variants"][variant], "name": variant}
+    spec["epochs"] = variant_epochs(config, variant)
+    return {
+        "variant": spec,
+        "model": config["model"],
+        "pretrain": {k: v for k, v in settings.items() if k not in RULE_ONLY},
+        "world_size": settings["nodes"] * settings["gpus_per_node"],
+        "shards_root": str(shards_root),
+        "results_root": str(results_root),
+        "experiment": experiment(spec["table"]),
+    }
+
+
+def cell_inputs(config: Mapping[str, Any], cell: Cell) -> dict[str, str]:
+    """A cell's input files under results_root: the task's shard set, the encoder it starts
+    from (a pretraining variant's) and its training subset (fractions below 1)."""
+    inputs = {"shards": f"{SHARDS_DIR}/downstream/{cell.task}"}
+    if cell.init in config["variants"]:
+        inputs["encoder"] = f"{pretrain_job_dir(cell.init)}/encoder.pt"
+    if float(cell.fraction) < 1.0:
+        subset = f"frac{cell.fraction}_seed{cell.seed}.txt"
+        inputs["subset"] = f"{FINETUNE_DIR}/subsets/{cell.task}/{subset}"
+    return inputs
+
+
+def init_model(config: Mapping[str, Any], init: str) -> dict[str, Any]:
+    """The model config a cell builds: its variant's as it was pretrained, else the shared one
+    (the random and IN-22k inits)."""
+    variants = config["variants"]
+    return variant_model(config["model"], variants[init]) if init in variants else config["model"]
+
+
+def init_experiment(config: Mapping[str, Any], init: str) -> str:
+    """A finetuning run goes where its encoder's pretraining run is: one job however many
+    grids and tables share the cell (the tables step tags it with every table it feeds).
+    The random and ImageNet-22k inits are Table 3's baselines."""
+    variants = config["variants"]
+    return experiment(variants[init]["table"] if init in variants else "3")
+
+
+def init_tags(config: Mapping[str, Any], init: str) -> dict[str, str]:
+    """Tags of the encoder a cell starts from, as its pretraining run carries them, so that the
+    MLflow compare view lines finetuning runs up by ablation row. Fixed per init: they are part
+    of the job's config (a change retrains the cell, as its encoder changed too)."""
+    variant = config["variants"].get(init)
+    if variant is None:
+        return {"table": "3"}
+    tags = {
+        "table": str(variant["table"]),
+        "moe": str(bool(variant["moe"])),
+        "cross_rate": str(variant["cross_rate"]),
+    }
+    optional = ("objective", "teacher", "sensors")
+    tags.update({k: str(variant[k]) for k in optional if variant.get(k) is not None})
+    return tags
+
+
+def finetune_job(config: Mapping[str, Any], cell: Cell, results_root: str) -> dict[str, Any]:
+    """The resolved config of one finetuning cell, as its job receives it: the task's settings
+    (``finetune.defaults`` under ``finetune.tasks.<task>``), the init's model and the cell's
+    input files under ``results_root``."""
+    settings = config["finetune"]
+    inputs = {k: str(Path(results_root) / v) for k, v in cell_inputs(config, cell).items()}
+    job = {
+        "task": cell.task,
+        "init": cell.init,
+        "transfer": cell.transfer,
+        "fraction": float(cell.fraction),
+        "seed": int(cell.seed),
+        "checkpoint": inputs.get("encoder"),
+        "subset": inputs.get("subset"),
+        "shards": inputs["shards"],
+        "model": init_model(config, cell.init),
+        "finetune": {**settings["defaults"], **settings["tasks"].get(cell.task, {})},
+        "world_size": settings["gpus"],
+        "results_root": str(results_root),
+        "experiment": init_experiment(config, cell.init),
+        "tags": init_tags(config, cell.init),
+    }
+    # Only for cells fed a subset of the sensors: the other cells' configs (and so their config
+    # hashes) stay as they were.
+    if cell.inputs != "all":
+        job["inputs"] = cell.inputs.split("+")
+    return job
 
 
 def run_grids(config: Mapping[str, Any]) -> list[str]:

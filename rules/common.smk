@@ -13,7 +13,7 @@ from msgfm.tracking import check_cluster_store, resolve_tracking_uri
 DATA = Path(config["data_root"])
 RESULTS = Path(config["results_root"])
 LOGS = RESULTS / "logs"
-SHARDS = RESULTS / "shards"
+SHARDS = RESULTS / plan.SHARDS_DIR
 PRETRAIN = RESULTS / plan.PRETRAIN_DIR
 
 PRETRAIN_SOURCES = config["pretrain_sources"]
@@ -27,10 +27,6 @@ FINETUNE_INPUTS = RESULTS / plan.INPUTS_DIR
 FIGURES = RESULTS / "figures"
 # Snakemake's wall time and memory of every training job (bench/demo_dag.py reads them).
 BENCHMARKS = RESULTS / "benchmarks"
-# Settings of the pretraining rule itself, not of the training job (the process layout reaches
-# the job as its world size).
-_RULE_ONLY = {"epochs_cap", "epochs_override", "nodes", "gpus_per_node", "threads"}
-PRETRAIN_WORLD_SIZE = config["pretrain"]["nodes"] * config["pretrain"]["gpus_per_node"]
 # The env of the jobs that build the model: model.moe.backend tutel needs tutel's kernels, which
 # only envs/pretrain_tutel.yaml builds; finetuning rebuilds the encoder with its backend too.
 TRAIN_ENV = (
@@ -83,22 +79,7 @@ def pretrain_shards(wildcards):
 
 def pretrain_job_config(wildcards):
     """The resolved config of one pretraining variant, as the job receives it (JSON)."""
-    variant = {
-        **VARIANTS[wildcards.variant],
-        "name": wildcards.variant,
-        "epochs": plan.variant_epochs(config, wildcards.variant),
-    }
-    job = {
-        "variant": variant,
-        "model": config["model"],
-        "pretrain": {
-            k: v for k, v in config["pretrain"].items() if k not in _RULE_ONLY
-        },
-        "world_size": PRETRAIN_WORLD_SIZE,
-        "shards_root": str(SHARDS / "pretrain"),
-        "results_root": str(RESULTS),
-        "experiment": plan.experiment(variant["table"]),
-    }
+    job = plan.pretrain_job(config, wildcards.variant, SHARDS / "pretrain", RESULTS)
     return json.dumps(job, sort_keys=True)
 
 
@@ -162,86 +143,32 @@ def table_targets():
     return [cell_target(cell) for cell in plan.table_cells(config)]
 
 
+def wildcard_cell(wildcards):
+    """The cell (msgfm.plan.Cell) a finetuning job's wildcards name."""
+    return plan.Cell(
+        wildcards.task,
+        wildcards.init,
+        wildcards.transfer,
+        wildcards.fraction,
+        int(wildcards.seed),
+        wildcards.get("inputs", "all"),
+    )
+
+
 def finetune_inputs(wildcards):
     """The task's shard set, the encoder to start from and the training subset, if any."""
-    inputs = {"shards": SHARDS / "downstream" / wildcards.task}
-    if wildcards.init in VARIANTS:
-        inputs["encoder"] = PRETRAIN / wildcards.init / "encoder.pt"
-    if float(wildcards.fraction) < 1.0:
-        inputs["subset"] = (
-            FINETUNE
-            / "subsets"
-            / wildcards.task
-            / f"frac{wildcards.fraction}_seed{wildcards.seed}.txt"
-        )
-    return inputs
-
-
-def finetune_model_config(init):
-    """The model config of an init: a variant's as it was pretrained (msgfm.plan)."""
-    if init in VARIANTS:
-        return plan.variant_model(config["model"], VARIANTS[init])
-    return config["model"]
+    inputs = plan.cell_inputs(config, wildcard_cell(wildcards))
+    return {name: RESULTS / path for name, path in inputs.items()}
 
 
 def finetune_job_config(wildcards):
     """The resolved config of one finetuning cell, as the job receives it (JSON).
 
-    A function of the wildcards alone (the paths come from finetune_inputs): Snakemake does
-    not track params that take ``input`` (snakemake/snakemake#3895), and a changed setting
-    must rerun its cells.
+    A function of the wildcards alone: Snakemake does not track params that take ``input``
+    (snakemake/snakemake#3895), and a changed setting must rerun its cells.
     """
-    input = finetune_inputs(wildcards)
-    settings = config["finetune"]
-    task_settings = {
-        **settings["defaults"],
-        **settings["tasks"].get(wildcards.task, {}),
-    }
-    job = {
-        "task": wildcards.task,
-        "init": wildcards.init,
-        "transfer": wildcards.transfer,
-        "fraction": float(wildcards.fraction),
-        "seed": int(wildcards.seed),
-        "checkpoint": str(input["encoder"]) if "encoder" in input else None,
-        "subset": str(input["subset"]) if "subset" in input else None,
-        "shards": str(input["shards"]),
-        "model": finetune_model_config(wildcards.init),
-        "finetune": task_settings,
-        "world_size": config["finetune"]["gpus"],
-        "results_root": str(RESULTS),
-        "experiment": finetune_experiment(wildcards.init),
-        "tags": finetune_tags(wildcards.init),
-    }
-    # Only then: the other cells' configs (and so their config hashes) stay as they were.
-    if "inputs" in wildcards.keys():
-        job["inputs"] = wildcards.inputs.split("+")
+    job = plan.finetune_job(config, wildcard_cell(wildcards), RESULTS)
     return json.dumps(job, sort_keys=True)
-
-
-def finetune_experiment(init):
-    """A finetuning run goes where its encoder's pretraining run is: one job however many
-    grids and tables share the cell (the tables step tags it with every table it feeds).
-    The random and ImageNet-22k inits are Table 3's baselines."""
-    return plan.experiment(VARIANTS[init]["table"] if init in VARIANTS else "3")
-
-
-def finetune_tags(init):
-    """Tags of the encoder a cell starts from, as its pretraining run carries them, so that
-    the MLflow compare view lines finetuning runs up by ablation row. Fixed per init: they
-    are part of the job's config (a change retrains the cell, as its encoder changed too).
-    """
-    variant = VARIANTS.get(init)
-    if variant is None:
-        return {"table": "3"}
-    tags = {
-        "table": str(variant["table"]),
-        "moe": str(bool(variant["moe"])),
-        "cross_rate": str(variant["cross_rate"]),
-    }
-    optional = ("objective", "teacher", "sensors")
-    tags.update({k: str(variant[k]) for k in optional if variant.get(k) is not None})
-    return tags
 
 
 # The store the jobs will write to, checked before anything is submitted (also under -n).
