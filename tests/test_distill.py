@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_pretrain import job_config
+from demo_jobs import pretrain_job
 from torch import nn
 
 import msgfm.pretrain.loop as loop
 from msgfm.data.normalize import normalize
-from msgfm.data.tiling.pretrain import tile_pretrain
 from msgfm.model.factory import (
     build_mask_generator,
     build_model,
@@ -48,12 +47,9 @@ def clip_teacher() -> Teacher:
     return build_teacher(CLIP, pretrained=False, overrides=CLIP_SMALL)
 
 
-@pytest.fixture(scope="module")
-def shards(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("distill-shards")
-    for source in ("geopile", "sen12ms", "mdas"):
-        tile_pretrain(source, demo_root, root / source, tile=64, mdas_resize=128, mdas_window=256)
-    return root
+@pytest.fixture
+def shards(pretrain_shards: Path) -> Path:
+    return pretrain_shards
 
 
 def _raw(sensor: str, seed: int) -> np.ndarray:
@@ -243,27 +239,21 @@ def test_feature_targets_geometry_and_variant_checks():
     assert teacher_for_variant({"name": "v"}, seed=0) is None
 
 
-def _variant_config(shards: Path, results: Path, objective: str, teacher: str, small: dict):
-    # Stop checks every step: the preemption test counts them as steps.
-    config = job_config(
-        shards, results, max_steps_per_epoch=2, checkpoint_every=10, preempt_check_every=1
+def _variant_config(shards: Path, results: Path, variant: str) -> dict:
+    """The demo's Table 5 variant (its small random teacher), two steps per epoch; stop checks
+    every step: the preemption test counts them as steps."""
+    return pretrain_job(
+        shards, results, variant, max_steps_per_epoch=2, checkpoint_every=10, preempt_check_every=1
     )
-    config["variant"].update(
-        name=f"t5-{objective}", table="5", objective=objective, teacher=teacher,
-        teacher_pretrained=False, teacher_overrides=small,
-    )  # fmt: skip
-    return config
 
 
-@pytest.mark.parametrize(
-    ("objective", "teacher", "small"),
-    [("distill", SWIN, SWIN_SMALL), ("distill", CLIP, CLIP_SMALL),
-     ("feature_recon", CLIP, CLIP_SMALL)],
-    ids=["distill-in22k", "distill-clip", "eva-clip"],
-)  # fmt: skip
+@pytest.mark.parametrize("variant", ["t5_distill_in22k", "t5_distill_clip", "t5_eva_clip"])
 def test_a_teacher_guided_job_trains_and_its_teacher_stays_untouched(
-    shards, tmp_path, monkeypatch, objective, teacher, small
+    shards, tmp_path, monkeypatch, variant
 ):
+    config = _variant_config(shards, tmp_path, variant)
+    spec = config["variant"]
+    objective, teacher, small = spec["objective"], spec["teacher"], spec["teacher_overrides"]
     built: list[Teacher] = []
 
     def keep(variant, seed):
@@ -272,7 +262,7 @@ def test_a_teacher_guided_job_trains_and_its_teacher_stays_untouched(
 
     monkeypatch.setattr(loop, "teacher_for_variant", keep)
     out = tmp_path / "run"
-    metrics = run_pretraining(_variant_config(shards, tmp_path, objective, teacher, small), out)
+    metrics = run_pretraining(config, out)
     assert metrics["steps"] == 4
     label = "cos" if objective == "distill" else "feat"
     assert {f"{label}/rgb/rgb", f"{label}/sen12ms/s2", f"{label}/mdas/dsm"} <= set(metrics)
@@ -291,7 +281,7 @@ def test_a_teacher_guided_job_trains_and_its_teacher_stays_untouched(
 
 
 def test_a_preempted_distill_job_resumes_to_identical_weights(shards, tmp_path, monkeypatch):
-    config = _variant_config(shards, tmp_path, "distill", CLIP, CLIP_SMALL)
+    config = _variant_config(shards, tmp_path, "t5_distill_clip")
     run_pretraining(config, tmp_path / "reference")
     calls = iter(range(100))
     # A SIGTERM seen at the 3rd step: checkpoint there, stop, then resume in a new "attempt".

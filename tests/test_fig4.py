@@ -13,64 +13,57 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from demo_jobs import finetune_job, pretrain_job
 
 import msgfm.finetune.loop as finetune_loop
 from msgfm.data.loader import MultiSourceDataset
 from msgfm.data.shards import ShardSet
 from msgfm.data.tiling.downstream import tile_downstream
-from msgfm.data.tiling.pretrain import tile_pretrain
 from msgfm.errors import DataError
 from msgfm.finetune.data import task_spec, with_inputs
 from msgfm.pretrain.loop import model_config, open_sources, run_pretraining, source_specs
 from msgfm.tables.fig4 import inputs_label, parse_rows, write_fig4
 
 REPO = Path(__file__).resolve().parents[1]
-PRETRAIN = {
-    "sources": {
-        "rgb": {"datasets": ["geopile"], "batch_size": 4, "lr": 1e-4},
-        "sen12ms": {"datasets": ["sen12ms"], "batch_size": 2, "lr": 2.5e-5},
-    },
-    "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8, "clip_grad": 5.0,
-    "schedule": "multistep", "warmup_epochs": 0, "warmup_lr": 5e-7, "min_lr": 0.0,
-    "milestones": {}, "amp": "bf16", "num_workers": 0, "seed": 0, "checkpoint_every": 100,
-    "log_every": 1, "max_steps_per_epoch": 2, "figure_examples": 1, "device": "cpu",
-}  # fmt: skip
-SAR_ONLY = {"name": "fig4_sar", "table": "fig4", "moe": True, "cross_rate": 0.5, "epochs": 1,
-            "sources": ["sen12ms"], "sensors": ["sar"]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def shards(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shards(pretrain_shards: Path, demo_root: Path, tmp_path_factory) -> Path:
+    """The demo's pretraining shard sets (shards/pretrain) and SEN12MS-CR's
+    (shards/downstream)."""
     root = tmp_path_factory.mktemp("fig4-shards")
-    for source in ("geopile", "sen12ms"):
-        tile_pretrain(source, demo_root, root / "pretrain" / source, tile=64)
+    (root / "pretrain").symlink_to(pretrain_shards)
     tile_downstream("sen12ms_cr", demo_root, root / "downstream" / "sen12ms_cr")
     return root
 
 
-def test_a_variant_reads_only_its_sources_and_sensors(shards):
-    specs = source_specs(PRETRAIN, SAR_ONLY)
+def sar_only_job(shards: Path, results: Path) -> dict:
+    """The demo's SAR-only Fig. 4 variant (SEN12MS's SAR), one epoch of two steps."""
+    return pretrain_job(shards / "pretrain", results, "fig4_sar", epochs=1, max_steps_per_epoch=2)
+
+
+def test_a_variant_reads_only_its_sources_and_sensors(shards, tmp_path):
+    job = sar_only_job(shards, tmp_path)
+    settings, sar_only = job["pretrain"], job["variant"]
+    specs = source_specs(settings, sar_only)
     assert [s.name for s in specs] == ["sen12ms"]
-    sets, sensors = open_sources(specs, shards / "pretrain", SAR_ONLY["sensors"])
+    sets, sensors = open_sources(specs, shards / "pretrain", sar_only["sensors"])
     assert sensors == {"sen12ms": ["sar"]}
     dataset = MultiSourceDataset(sets, seed=0, roles=sensors)
     _, sample = dataset[("sen12ms", 0, 0)]
     assert set(sample) == {"sar", "row"}  # the S2 of the same rows is never read
     with pytest.raises(ValueError, match=r"variants\.fig4_sar\.sources: \['sen1'\]"):
-        source_specs(PRETRAIN, {**SAR_ONLY, "sources": ["sen1"]})
+        source_specs(settings, {**sar_only, "sources": ["sen1"]})
     with pytest.raises(ValueError, match=r"source 'rgb'.*none of the variant's"):
-        open_sources(source_specs(PRETRAIN), shards / "pretrain", ["sar"])
+        open_sources(source_specs(settings), shards / "pretrain", ["sar"])
     with pytest.raises(ValueError, match=r"\['dsm'\] are in none of the sources"):
         open_sources(specs, shards / "pretrain", ["sar", "dsm"])
-    assert [s.name for s in source_specs(PRETRAIN, {"name": "all"})] == ["rgb", "sen12ms"]
+    everything = source_specs(settings, {"name": "all"})
+    assert [s.name for s in everything] == ["rgb", "sen12ms", "mdas"]  # the demo's, in order
 
 
 def test_a_sar_only_job_trains_the_sar_stem_and_leaves_the_others_at_init(shards, tmp_path):
-    cfg = {
-        "variant": SAR_ONLY, "model": {"preset": "demo"}, "pretrain": PRETRAIN,
-        "shards_root": str(shards / "pretrain"), "results_root": str(tmp_path),
-        "tracking_uri": None, "experiment": "msgfm-test",
-    }  # fmt: skip
+    cfg = sar_only_job(shards, tmp_path)
     metrics = run_pretraining(cfg, tmp_path / "run")
     assert metrics["steps"] == 2
     assert not any("rgb" in key or "s2" in key for key in metrics if "/" in key)
@@ -94,20 +87,10 @@ def test_a_cell_fed_one_sensor_uses_only_its_stem_and_records_it(shards, tmp_pat
     assert with_inputs(task_spec("bigearthnet"), None) == task_spec("bigearthnet")
     with pytest.raises(ValueError, match=r"sen12ms_cr: inputs \['dsm'\] are not among"):
         with_inputs(task_spec("sen12ms_cr"), ["dsm"])
-    settings = {
-        "epochs": 1, "batch_size": 4, "eval_batch_size": 8, "lr": 3e-4, "layer_decay": 0.9,
-        "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8, "warmup_epochs": 0,
-        "warmup_lr": 1e-5, "min_lr": 1e-5, "schedule": "cosine", "drop_path_rate": 0.1,
-        "clip_grad": 5.0, "img_size": 64, "data_size": 32, "amp": "bf16", "num_workers": 0,
-        "log_every": 1, "checkpoint_every": 100, "max_steps_per_epoch": 1, "device": "cpu",
-    }  # fmt: skip
-    config = {
-        "task": "sen12ms_cr", "init": "random", "transfer": "stacked", "fraction": 1.0,
-        "seed": 0, "checkpoint": None, "subset": None,
-        "shards": str(shards / "downstream" / "sen12ms_cr"), "model": {"preset": "demo"},
-        "finetune": settings, "results_root": str(tmp_path), "tracking_uri": None,
-        "experiment": "msgfm-test", "inputs": ["sar"],
-    }  # fmt: skip
+    config = finetune_job(
+        shards / "downstream", tmp_path, "sen12ms_cr", inputs="sar", epochs=1, warmup_epochs=0,
+        max_steps_per_epoch=1,
+    )  # fmt: skip
     metrics = finetune_loop.run_finetuning(config, tmp_path / "cell")
     assert metrics["inputs"] == "sar" and metrics["SAM"] > 0
     shardset = ShardSet(config["shards"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from demo_jobs import finetune_job
 
 import msgfm.finetune.loop as loop
 from msgfm.data.shards import ShardSet, index_digest
@@ -43,21 +44,8 @@ def shards(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def job_config(shards: Path, results: Path, task: str = "bigearthnet", **settings: object) -> dict:
-    finetune = {
-        "epochs": 2, "batch_size": 4, "eval_batch_size": 8, "lr": 3e-4, "layer_decay": 0.9,
-        "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8, "warmup_epochs": 1,
-        "warmup_lr": 1e-5, "min_lr": 1e-5, "schedule": "cosine", "drop_path_rate": 0.1,
-        "clip_grad": 5.0, "img_size": 64, "data_size": 32, "amp": "bf16", "num_workers": 0,
-        "log_every": 1, "checkpoint_every": 100, "max_steps_per_epoch": 2, "device": "cpu",
-        "preempt_check_every": 1,  # the preemption test counts stop checks as steps
-    }  # fmt: skip
-    finetune.update(settings)
-    return {
-        "task": task, "init": "random", "transfer": "stacked", "fraction": 1.0, "seed": 0,
-        "checkpoint": None, "subset": None, "shards": str(shards / task),
-        "model": {"preset": "demo"}, "finetune": finetune, "results_root": str(results),
-        "tracking_uri": None, "experiment": "msgfm-finetune-test",
-    }  # fmt: skip
+    """The demo's 100 % cell of ``task`` from random init, two short epochs."""
+    return finetune_job(shards, results, task, **settings)
 
 
 def untrained_encoder(path: Path, sensors: dict[str, int] | None = None) -> Path:

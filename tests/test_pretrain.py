@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_jobs import pretrain_job
 
 from msgfm.data.loader import to_tensor
 from msgfm.data.shards import ShardSet, index_digest
 from msgfm.data.statistics import role_statistics
-from msgfm.data.tiling.pretrain import tile_pretrain
 from msgfm.model.factory import load_encoder
 from msgfm.model.masking import MaskGenerator
 from msgfm.pretrain.batches import (
@@ -36,36 +36,14 @@ from msgfm.train.preemption import EXIT_REQUEUE
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module")
-def shards(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pretrain-shards")
-    for source in ("geopile", "sen12ms", "mdas"):
-        tile_pretrain(source, demo_root, root / source, tile=64, mdas_resize=128, mdas_window=256)
-    return root
+@pytest.fixture
+def shards(pretrain_shards: Path) -> Path:
+    return pretrain_shards
 
 
 def job_config(shards: Path, results: Path, **pretrain: object) -> dict:
-    settings = {
-        "sources": {
-            "rgb": {"datasets": ["geopile"], "batch_size": 4, "lr": 1e-4},
-            "sen12ms": {"datasets": ["sen12ms"], "batch_size": 2, "lr": 2.5e-5},
-            "mdas": {"datasets": ["mdas"], "batch_size": 2, "lr": 1e-5},
-        },
-        "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8, "clip_grad": 5.0,
-        "schedule": "multistep", "warmup_epochs": 1, "warmup_lr": 5e-7, "min_lr": 0.0,
-        "milestones": {}, "amp": "bf16", "num_workers": 0, "seed": 0, "checkpoint_every": 3,
-        "log_every": 1, "max_steps_per_epoch": 4, "figure_examples": 1, "device": "cpu",
-    }  # fmt: skip
-    settings.update(pretrain)
-    return {
-        "variant": {"name": "test", "table": "6", "moe": True, "cross_rate": 0.5, "epochs": 2},
-        "model": {"preset": "demo"},
-        "pretrain": settings,
-        "shards_root": str(shards),
-        "results_root": str(results),
-        "tracking_uri": None,
-        "experiment": "msgfm-test",
-    }
+    """The demo's MoE + cross-sensor job (Table 6's full row), a few steps per epoch."""
+    return pretrain_job(shards, results, **pretrain)
 
 
 def run_job(
@@ -110,18 +88,17 @@ def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(
     assert torch.equal(backbone.stacked.input_mean[13:], mean)
     assert torch.equal(backbone.stacked.input_std[13:], std)
     assert float(mean.min()) > 0.2 and float(std.min()) > 0.01  # measured, not the identity
-    rgb = load_encoder(out / "encoder.pt", ["rgb"]).embeds["rgb"]  # geopile + mdas RGB
-    expected = role_statistics(
-        [ShardSet(shards / "geopile"), ShardSet(shards / "mdas")], "rgb", to_tensor
-    )
+    rgb = load_encoder(out / "encoder.pt", ["rgb"]).embeds["rgb"]  # RGB sets + MDAS's RGB
+    rgb_sets = [ShardSet(shards / name) for name in ("geopile", "millionaid", "mdas")]
+    expected = role_statistics(rgb_sets, "rgb", to_tensor)
     assert torch.equal(rgb.input_mean, expected[0])
 
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("msgfm-test").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("msgfm-table6").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert runs[0].data.tags["variant"] == "test" and runs[0].data.tags["moe"] == "True"
+    assert runs[0].data.tags["variant"] == "t6_moe_cross50" and runs[0].data.tags["moe"] == "True"
     assert runs[0].data.tags["mlflow.source.name"] == "python -m msgfm pretrain"
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 8
     cost = client.get_metric_history(runs[0].info.run_id, "cost/device_hours")
@@ -138,7 +115,8 @@ def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(
     assert all(torch.equal(v, reference[k]) for k, v in logged.encoder.state_dict().items())
     assert not client.search_model_versions()
     names = {i.dataset.name: i.dataset.digest for i in runs[0].inputs.dataset_inputs}
-    assert names == {name: index_digest(shards / name) for name in ("geopile", "sen12ms", "mdas")}
+    read = ("geopile", "millionaid", "sen12ms", "mdas")  # the demo's sources
+    assert names == {name: index_digest(shards / name) for name in read}
     redacted = "http://***@mlflow.x:5000"
     assert runs[0].data.params["tracking_uri"] == json.dumps(redacted)
     assert json.loads((out / "config.json").read_text())["tracking_uri"] == redacted
@@ -258,6 +236,7 @@ def halve_batches(config: dict, results: Path) -> dict:
     """The same global batch on two ranks, writing under ``results``."""
     halved = json.loads(json.dumps(config))
     halved["results_root"] = str(results)
+    halved["world_size"] = 2
     for source in halved["pretrain"]["sources"].values():
         source["batch_size"] //= 2
     return halved
@@ -290,12 +269,15 @@ def test_two_ddp_processes_match_one_process_at_the_same_global_batch(shards, tm
     single = tmp_path / "single"
     assert run_job(single_cfg, single).wait(timeout=600) == 0
     ddp = tmp_path / "ddp"
-    proc = run_job(ddp_cfg, ddp, launcher=launch("--gpus-per-node", "2"))
+    temp = tmp_path / "temp"  # the job's TMPDIR: the launcher leaves nothing in it
+    temp.mkdir()
+    proc = run_job(ddp_cfg, ddp, launcher=launch("--gpus-per-node", "2"), env={"TMPDIR": str(temp)})
     listening = set()
     while proc.poll() is None:  # one node: torchrun, its workers and gloo on loopback only
         listening |= listening_addresses(proc.pid)
         time.sleep(0.2)
     assert proc.wait(timeout=600) == 0, (tmp_path / "ddp.log").read_text()[-3000:]
+    assert not list(temp.iterdir()), "torchrun's log folders are the launcher's to remove"
     if shutil.which("ss"):
         assert listening, "gloo's pairs listen somewhere"
         assert all(a.startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:")) for a in listening)

@@ -27,8 +27,8 @@ import pytest
 import torch
 import yaml
 import yte
-from snakemake.utils import update_config
 
+from msgfm.config_checks import load_config
 from msgfm.plan import TABLE_NAMES
 from msgfm.tables.paper import TABLES
 
@@ -144,12 +144,8 @@ def snakemake_command(overrides: Path, results: Path, *extra: str) -> list[str]:
 
 
 def resolved_config() -> dict:
-    """The workflow config the test runs with: config.yaml, then CONFIGS, merged as Snakemake
-    merges config files."""
-    config: dict = {}
-    for path in ("config/config.yaml", *CONFIGS):
-        update_config(config, yaml.safe_load((REPO / path).read_text()))
-    return config
+    """The workflow config the test runs with: config.yaml, then CONFIGS."""
+    return load_config(REPO / path for path in ("config/config.yaml", *CONFIGS))
 
 
 def jobs_of_run(output: str) -> dict[str, dict[str, str]]:
