@@ -68,7 +68,8 @@ def fraction_label(fraction: float | str) -> str:
 
 
 def experiment(table: str) -> str:
-    """The MLflow experiment of a table or figure: "6" -> msgfm-table6, "fig4" -> msgfm-fig4."""
+    """The MLflow experiment of a table or figure, given as a variant's ``table`` or by its
+    name in TABLE_NAMES: "6" and "table6" -> msgfm-table6, "fig4" -> msgfm-fig4."""
     return f"msgfm-table{table}" if str(table).isdigit() else f"msgfm-{table}"
 
 
@@ -76,7 +77,7 @@ def experiments(config: Mapping[str, Any]) -> list[str]:
     """One experiment per paper table and figure: its pretraining runs, the finetuning runs that
     start from them and its "tables" run (msgfm.tracking)."""
     tables = {experiment(v["table"]) for v in config["variants"].values()}
-    return sorted(tables | {f"msgfm-{name}" for name in TABLE_NAMES})
+    return sorted(tables | {experiment(name) for name in TABLE_NAMES})
 
 
 def variant_sources(sources: Mapping[str, Any], variant: Mapping[str, Any]) -> list[str]:

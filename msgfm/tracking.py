@@ -33,6 +33,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from msgfm import plan
 from msgfm.errors import MsgfmError
 from msgfm.redaction import redact, redact_text, redact_url
 
@@ -234,11 +235,6 @@ def shard_set_input(shards: ShardSet, context: str) -> Any:
     return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
-def table_experiment(table: str) -> str:
-    """The experiment of a paper table ("table6" -> "msgfm-table6")."""
-    return f"msgfm-{table}"
-
-
 def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
     """A nested config as params (redacted), in batches within MLflow's 100-per-call limit."""
     from mlflow.entities import Param
@@ -359,7 +355,7 @@ def log_table_run(
     import mlflow
     from mlflow.entities import Metric
 
-    experiment = table_experiment(table)
+    experiment = plan.experiment(table)
     init_store(uri, [experiment], results_root)  # a no-op under the workflow (onstart made it)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id

@@ -94,7 +94,7 @@ def test_a_cell_fed_one_sensor_uses_only_its_stem_and_records_it(shards, tmp_pat
     metrics = finetune_loop.run_finetuning(config, tmp_path / "cell")
     assert metrics["inputs"] == "sar" and metrics["SAM"] > 0
     shardset = ShardSet(config["shards"])
-    model = finetune_loop.build_model(
+    model = finetune_loop.build_cell_model(
         config, with_inputs(task_spec("sen12ms_cr"), ["sar"]), shardset, shardset.split("train")
     )
     assert list(model.backbone.stacked.sensors) == ["sar"]

@@ -280,6 +280,19 @@ def test_preemption_signals_are_recorded_not_fatal(sig: signal.Signals) -> None:
     assert signal.getsignal(sig) == before
 
 
+def test_a_job_config_without_an_experiment_is_refused_by_name_before_any_work(tmp_path) -> None:
+    from msgfm.errors import MsgfmError
+    from msgfm.train.job import run_job
+
+    def never(job: object) -> dict:
+        raise AssertionError("the job ran")
+
+    with pytest.raises(MsgfmError, match=r"no 'experiment'.*msgfm\.plan\.experiment"):
+        run_job({"pretrain": {"device": "cpu"}}, tmp_path / "job", stage="pretrain", seed=0,
+                train=never)  # fmt: skip
+    assert not (tmp_path / "job").exists()
+
+
 def _mean_over_two_ranks(rank: int, folder: str) -> None:
     import json
 

@@ -1,7 +1,7 @@
 """The finetuning job: one table cell (task x fraction x init x transfer x seed) end to end.
 
-It mirrors the pretraining job (:mod:`msgfm.pretrain.loop`) because a cluster interrupts it the
-same way:
+It shares the pretraining job's skeleton (:mod:`msgfm.train.job`) because a cluster interrupts
+it the same way:
 - it resumes from ``<out>/checkpoints/last.pt`` exactly (seeded data order and flips, saved RNG
   states for dropout/stochastic depth) and continues its MLflow run;
 - SIGTERM/SIGINT/SIGURG (preemption, Ctrl-C, time limit) → checkpoint after the step → exit 75;
@@ -17,7 +17,6 @@ last (the workflow's output: its presence means the cell is complete).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from torch.utils.data import DataLoader
 
 from msgfm.data.shards import ShardSet
 from msgfm.data.statistics import role_statistics
-from msgfm.files import write_json_atomic
 from msgfm.finetune.data import (
     EpochBatchSampler,
     TaskDataset,
@@ -42,37 +40,15 @@ from msgfm.finetune.data import (
 from msgfm.finetune.subsets import train_split
 from msgfm.model.factory import resolve_config
 from msgfm.plan import fraction_label
-from msgfm.redaction import redact
-from msgfm.tracked_run import TrackedRun
-from msgfm.tracking import job_hash, resolve_tracking_uri, source_tags
 from msgfm.train.checkpoint import TrainPosition, unwrap
-from msgfm.train.distributed import (
-    DistContext,
-    check_world_size,
-    cleanup_distributed,
-    init_distributed,
-)
+from msgfm.train.job import Job, open_tracked_run, resumed_trainer, run_job, write_metrics
 from msgfm.train.optim import build_optimization
-from msgfm.train.precision import job_precision
-from msgfm.train.runner import (
-    PREEMPT_CHECK_EVERY,
-    Trainer,
-    make_loader,
-    wrap_ddp,
-)
-from msgfm.train.speed import prepare_model
-
-log = logging.getLogger(__name__)
+from msgfm.train.runner import Trainer, make_loader
 
 
 def run_finetuning(cfg: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Finetune one cell; returns the test metrics. Raises Preempted after a checkpoint."""
-    out = Path(out_dir)
-    ctx = init_distributed(cfg["finetune"].get("device", "auto"))
-    try:
-        return _finetune(cfg, out, ctx)
-    finally:
-        cleanup_distributed()
+    return run_job(cfg, out_dir, stage="finetune", seed=int(cfg["seed"]), train=_finetune)
 
 
 def task_loss(spec: TaskSpec) -> nn.Module:
@@ -95,11 +71,12 @@ def native_sizes(
     return native, output if spec.kind != "classification" else None
 
 
-def build_model(
+def build_cell_model(
     cfg: Mapping[str, Any], spec: TaskSpec, shards: ShardSet, train: ShardSet
 ) -> nn.Module:
-    """Backbone from its init (a pretraining variant's encoder.pt, random, in22k) + task head;
-    stems without statistics of their own standardise with those of ``train``'s inputs."""
+    """A cell's model: backbone from its init (a pretraining variant's encoder.pt, random,
+    in22k) + task head; stems without statistics of their own standardise with those of
+    ``train``'s inputs."""
     from msgfm.finetune.model import build_finetune_model
 
     settings = cfg["finetune"]
@@ -125,96 +102,36 @@ def build_model(
     )
 
 
-def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any]:
+def _finetune(job: Job) -> dict[str, Any]:
+    cfg, settings, ctx = job.cfg, job.settings, job.ctx
     # "inputs": the sensors fed (Fig. 4's single-sensor columns); absent/None = all the task's
-    settings, spec = cfg["finetune"], with_inputs(task_spec(cfg["task"]), cfg.get("inputs"))
-    seed = int(cfg["seed"])
-    torch.manual_seed(seed)
-    check_world_size(cfg.get("world_size"), ctx)
-    chash = job_hash(cfg)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", redact(cfg))  # uploaded to MLflow
-
+    spec = with_inputs(task_spec(cfg["task"]), cfg.get("inputs"))
     shards = ShardSet(cfg["shards"])
     train = train_split(cfg["shards"], cfg.get("subset"))
-    data_size = settings.get("data_size")
-    dataset = TaskDataset(spec, train, augment=True, seed=seed, data_size=data_size)
-    sampler = EpochBatchSampler(
-        len(dataset), int(settings["batch_size"]), seed=seed,
-        rank=ctx.rank, world_size=ctx.world_size,
-    )  # fmt: skip
-    steps_per_epoch = sampler.steps_per_epoch
-    if settings.get("max_steps_per_epoch"):
-        steps_per_epoch = min(steps_per_epoch, int(settings["max_steps_per_epoch"]))
-    loader = make_loader(
-        dataset, sampler, collate, workers=int(settings["num_workers"]), seed=seed, ctx=ctx
-    )
+    loader, steps_per_epoch = _train_data(job, spec, train)
 
-    from msgfm.finetune.model import layer_decay_groups
-
-    model = build_model(cfg, spec, shards, train).to(ctx.device)
+    model = build_cell_model(cfg, spec, shards, train).to(ctx.device)
     if spec.kind == "classification":
         positives = np.sum([train.get(i, [spec.target])[spec.target] for i in range(len(train))], 0)
         model.head.init_bias_to_prior(torch.as_tensor(positives), len(train))
-    groups = layer_decay_groups(
-        model,
-        base_lr=float(settings["lr"]),
-        layer_decay=float(settings["layer_decay"]),
-        weight_decay=float(settings["weight_decay"]),
-    )
-    aux_weight = float(resolve_config(cfg["model"])["aux_weight"])
     epochs = int(settings["epochs"])
-    optimizer, scheduler = build_optimization(
-        groups, settings, lr=float(settings["lr"]), epochs=epochs, steps_per_epoch=steps_per_epoch
-    )
-    fraction = fraction_label(cfg["fraction"])
-    inputs = "+".join(spec.sensors)
-    tracked = TrackedRun(
-        uri=resolve_tracking_uri(cfg.get("tracking_uri"), cfg["results_root"]),
-        experiment=cfg.get("experiment", "msgfm-finetune"),
-        run_name=f"{cfg['task']}/{cfg['init']}/{cfg['transfer']}/frac{fraction}/seed{seed}"
-        + (f"/{inputs}" if cfg.get("inputs") else ""),
-        state_dir=out,
-        results_root=cfg["results_root"],
-        # The encoder's tags from the workflow (table, moe, cross_rate, ...), then the cell's:
-        # the MLflow compare view lines runs up by them.
-        tags={
-            "moe": str(bool(resolve_config(cfg["model"])["moe"]["enabled"])),
-            **cfg.get("tags", {}),
-            "stage": "finetune",
-            "init": cfg["init"],
-            "task": cfg["task"],
-            "fraction": fraction,
-            "variant": cfg["init"],
-            "transfer": cfg["transfer"],
-            "inputs": inputs,
-            "seed": str(seed),
-            **source_tags("python -m msgfm finetune"),
-            "config_hash": chash,
-        },
-        params=cfg,
-        config_hash=chash,
-        enabled=ctx.is_main,
-    )
-    tracked.log_shard_sets([shards])
-    precision = job_precision(settings.get("amp", "bf16"), ctx.device)
-    trainer = Trainer(
-        model=model, train_model=prepare_model(settings, ctx.device, model, wrap_ddp(model, ctx)),
-        optimizer=optimizer, scheduler=scheduler,
-        loader=loader, ctx=ctx, tracked=tracked, checkpoint_dir=out / "checkpoints",
-        config_hash=chash, epochs=epochs, steps_per_epoch=steps_per_epoch,
-        clip_grad=float(settings["clip_grad"]), log_every=int(settings["log_every"]),
-        checkpoint_every=int(settings["checkpoint_every"]), precision=precision,
-        preempt_check_every=int(settings.get("preempt_check_every", PREEMPT_CHECK_EVERY)),
+    optimizer, scheduler = _optimization(job, model, epochs, steps_per_epoch)
+    tracked = open_tracked_run(
+        job, run_name=cell_run_name(cfg, spec), tags=cell_tags(cfg, spec),
+        entry_point="python -m msgfm finetune",
     )  # fmt: skip
-    trainer.resume()
+    tracked.log_shard_sets([shards])
+    trainer = resumed_trainer(
+        job, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
+        tracked=tracked, epochs=epochs, steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
     loss_fn = task_loss(spec)
+    aux_weight = float(resolve_config(cfg["model"])["aux_weight"])
 
     def step(batch: Any, position: TrainPosition) -> tuple[torch.Tensor, dict[str, Any], int]:
         inputs = {s: x.to(ctx.device, non_blocking=True) for s, x in batch["inputs"].items()}
         target = batch["target"].to(ctx.device, non_blocking=True)
-        with precision.autocast():
+        with trainer.precision.autocast():
             output = trainer.train_model(inputs)
         task = loss_fn(output.float(), target)
         # The MoE balancing loss keeps routing balanced in finetuning too (Swin-MoE).
@@ -226,29 +143,105 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
         )
 
     last = trainer.run(step)
-    position = trainer.position
-
     metrics: dict[str, Any] = {}
     if ctx.is_main:
-        test = TaskDataset(spec, shards.split("test"), augment=False, data_size=data_size)
-        scores = evaluate(
-            model, spec, test, int(settings["eval_batch_size"]), ctx.device, precision.dtype
-        )
-        tracked.log_metrics({f"test/{k}": v for k, v in scores.items()}, position.global_step)
-        metrics = {
-            "task": cfg["task"], "init": cfg["init"], "transfer": cfg["transfer"],
-            "inputs": inputs, "fraction": float(cfg["fraction"]), "seed": seed, "split": "test",
-            "train_samples": len(train), "test_samples": len(test),
-            "epochs": epochs, "steps": position.global_step, "img_size": model.input_size,
-            "train_loss": last.get("task_loss"), "device_hours": last["device_hours"],
-            "config_hash": chash, **scores,
-        }  # fmt: skip
-        write_json_atomic(out / "metrics.json", metrics)
-        tracked.log_artifact(out / "config.json")
-        tracked.log_artifact(out / "metrics.json")
+        metrics = _test(job, spec, shards, model, trainer, last, train_samples=len(train))
         tracked.finish()
     if ctx.distributed:
         torch.distributed.barrier()
+    return metrics
+
+
+def _train_data(job: Job, spec: TaskSpec, train: ShardSet) -> tuple[DataLoader, int]:
+    """This rank's share of the seeded, flipped training batches and the steps of an epoch."""
+    settings, ctx = job.settings, job.ctx
+    dataset = TaskDataset(
+        spec, train, augment=True, seed=job.seed, data_size=settings.get("data_size")
+    )
+    sampler = EpochBatchSampler(
+        len(dataset), int(settings["batch_size"]), seed=job.seed,
+        rank=ctx.rank, world_size=ctx.world_size,
+    )  # fmt: skip
+    loader = make_loader(
+        dataset, sampler, collate, workers=int(settings["num_workers"]), seed=job.seed, ctx=ctx
+    )
+    return loader, job.steps_per_epoch(sampler.steps_per_epoch)
+
+
+def _optimization(
+    job: Job, model: nn.Module, epochs: int, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW with layer-wise learning-rate decay, warm-up then cosine (GFM's finetuning)."""
+    from msgfm.finetune.model import layer_decay_groups
+
+    settings = job.settings
+    groups = layer_decay_groups(
+        model,
+        base_lr=float(settings["lr"]),
+        layer_decay=float(settings["layer_decay"]),
+        weight_decay=float(settings["weight_decay"]),
+    )
+    return build_optimization(
+        groups, settings, lr=float(settings["lr"]), epochs=epochs, steps_per_epoch=steps_per_epoch
+    )
+
+
+def cell_run_name(cfg: Mapping[str, Any], spec: TaskSpec) -> str:
+    """task/init/transfer/frac<fraction>/seed<seed>, then the sensors fed when not all."""
+    name = (
+        f"{cfg['task']}/{cfg['init']}/{cfg['transfer']}/frac{fraction_label(cfg['fraction'])}"
+        f"/seed{int(cfg['seed'])}"
+    )
+    return name + (f"/{'+'.join(spec.sensors)}" if cfg.get("inputs") else "")
+
+
+def cell_tags(cfg: Mapping[str, Any], spec: TaskSpec) -> dict[str, str]:
+    """The encoder's tags from the workflow (table, moe, cross_rate, ...), then the cell's:
+    the MLflow compare view lines runs up by them."""
+    return {
+        "moe": str(bool(resolve_config(cfg["model"])["moe"]["enabled"])),
+        **cfg.get("tags", {}),
+        "stage": "finetune",
+        "init": cfg["init"],
+        "task": cfg["task"],
+        "fraction": fraction_label(cfg["fraction"]),
+        "variant": cfg["init"],
+        "transfer": cfg["transfer"],
+        "inputs": "+".join(spec.sensors),
+        "seed": str(int(cfg["seed"])),
+    }
+
+
+def _test(
+    job: Job,
+    spec: TaskSpec,
+    shards: ShardSet,
+    model: nn.Module,
+    trainer: Trainer,
+    last: Mapping[str, Any],
+    *,
+    train_samples: int,
+) -> dict[str, Any]:
+    """Evaluate the final model on the test split (no model selection: the paper reports the
+    final model), log the scores and write ``metrics.json``. Rank 0 only."""
+    cfg, settings = job.cfg, job.settings
+    data_size = settings.get("data_size")
+    test = TaskDataset(spec, shards.split("test"), augment=False, data_size=data_size)
+    scores = evaluate(
+        model, spec, test, int(settings["eval_batch_size"]), job.ctx.device,
+        trainer.precision.dtype,
+    )  # fmt: skip
+    steps = trainer.position.global_step
+    trainer.tracked.log_metrics({f"test/{k}": v for k, v in scores.items()}, steps)
+    metrics = {
+        "task": cfg["task"], "init": cfg["init"], "transfer": cfg["transfer"],
+        "inputs": "+".join(spec.sensors), "fraction": float(cfg["fraction"]), "seed": job.seed,
+        "split": "test", "train_samples": train_samples, "test_samples": len(test),
+        "epochs": int(settings["epochs"]), "steps": steps, "img_size": model.input_size,
+        "train_loss": last.get("task_loss"), "device_hours": last["device_hours"],
+        "config_hash": job.config_hash, **scores,
+    }  # fmt: skip
+    write_metrics(job, trainer.tracked, metrics)
     return metrics
 
 

@@ -19,12 +19,12 @@ identically: hub weights, or a seeded random model).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from msgfm.data.loader import (
     MultiSourceBatchSampler,
@@ -34,7 +34,7 @@ from msgfm.data.loader import (
 )
 from msgfm.data.shards import ShardSet
 from msgfm.data.statistics import role_statistics
-from msgfm.files import atomic_path, write_json_atomic
+from msgfm.files import atomic_path
 from msgfm.model.factory import build_mask_generator, build_model
 from msgfm.plan import variant_model, variant_sources
 from msgfm.pretrain.batches import (
@@ -48,27 +48,11 @@ from msgfm.pretrain.batches import (
 from msgfm.pretrain.figures import save_reconstruction_figure
 from msgfm.pretrain.reconstruct import reconstruction_examples
 from msgfm.pretrain.teachers import add_teacher_targets, model_overrides, teacher_for_variant
-from msgfm.redaction import redact
 from msgfm.tracked_run import TrackedRun
-from msgfm.tracking import job_hash, resolve_tracking_uri, source_tags
 from msgfm.train.checkpoint import TrainPosition, unwrap
-from msgfm.train.distributed import (
-    DistContext,
-    check_world_size,
-    cleanup_distributed,
-    init_distributed,
-)
+from msgfm.train.job import Job, open_tracked_run, resumed_trainer, run_job, write_metrics
 from msgfm.train.optim import build_optimization, param_groups
-from msgfm.train.precision import job_precision
-from msgfm.train.runner import (
-    PREEMPT_CHECK_EVERY,
-    Trainer,
-    make_loader,
-    wrap_ddp,
-)
-from msgfm.train.speed import prepare_model
-
-log = logging.getLogger(__name__)
+from msgfm.train.runner import make_loader
 
 
 def source_specs(
@@ -145,106 +129,44 @@ def moe_metrics(model: torch.nn.Module) -> dict[str, float]:
 
 def run_pretraining(cfg: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Train one variant; returns the final metrics. Raises Preempted after a checkpoint."""
-    out = Path(out_dir)
-    ctx = init_distributed(cfg["pretrain"].get("device", "auto"))
-    try:
-        return _train(cfg, out, ctx)
-    finally:
-        cleanup_distributed()
+    return run_job(
+        cfg, out_dir, stage="pretrain", seed=int(cfg["pretrain"]["seed"]), train=_pretrain
+    )
 
 
-def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any]:
-    pre, variant = cfg["pretrain"], cfg["variant"]
-    seed = int(pre["seed"])
-    torch.manual_seed(seed)
-    check_world_size(cfg.get("world_size"), ctx)
-    chash = job_hash(cfg)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", redact(cfg))  # uploaded to MLflow
-
-    specs = source_specs(pre, variant)
-    sets, sensors = open_sources(specs, Path(cfg["shards_root"]), variant.get("sensors"))
+def _pretrain(job: Job) -> dict[str, Any]:
+    variant, ctx = job.cfg["variant"], job.ctx
+    specs = source_specs(job.settings, variant)
+    sets, sensors = open_sources(specs, Path(job.cfg["shards_root"]), variant.get("sensors"))
 
     # Frozen, never wrapped in DDP, built before the model from its own seeded RNG.
     objective = variant.get("objective", "mim")
-    teacher = teacher_for_variant(variant, seed)
+    teacher = teacher_for_variant(variant, job.seed)
     if teacher is not None:
         teacher.to(ctx.device)
-    model = build_model(model_config(cfg, teacher.dim if teacher else None))
+    model = build_model(model_config(job.cfg, teacher.dim if teacher else None))
     measure_input_statistics(model, sets, sensors)
     model.to(ctx.device)
     mask_generator = build_mask_generator(model.config)
 
-    draws = SampleDraws(mask_generator, float(variant["cross_rate"]), seed)
-    dataset = MultiSourceDataset(sets, seed=seed, roles=sensors, draws=draws)
-    sampler = MultiSourceBatchSampler(
-        dataset.sizes,
-        {s.name: s.batch_size for s in specs},
-        seed=seed,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )
-    steps_per_epoch = sampler.steps_per_epoch
-    if pre.get("max_steps_per_epoch"):
-        steps_per_epoch = min(steps_per_epoch, int(pre["max_steps_per_epoch"]))
-    loader = make_loader(
-        dataset, sampler, collate_multisource, workers=int(pre["num_workers"]), seed=seed,
-        ctx=ctx, persistent=True,
-    )  # fmt: skip
-    groups = param_groups(
-        model,
-        weight_decay=float(pre["weight_decay"]),
-        lr_scale_by_prefix=sensor_lr_scales(specs, sensors),
-    )
-    base_lr = max(s.lr for s in specs)
+    dataset, loader, steps_per_epoch = _data(job, specs, sets, sensors, mask_generator)
     epochs = int(variant["epochs"])
-    optimizer, scheduler = build_optimization(
-        groups,
-        pre,
-        lr=base_lr,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        milestones=pre.get("milestones", {}).get(str(epochs), []),
-    )
-    tracked = TrackedRun(
-        uri=resolve_tracking_uri(cfg.get("tracking_uri"), cfg["results_root"]),
-        experiment=cfg.get("experiment", "msgfm-pretrain"),
-        run_name=variant["name"],
-        state_dir=out,
-        results_root=cfg["results_root"],
-        tags={
-            "variant": variant["name"],
-            "table": str(variant.get("table", "")),
-            **source_tags("python -m msgfm pretrain"),
-            "config_hash": chash,
-            "moe": str(bool(variant["moe"])),
-            "cross_rate": str(variant["cross_rate"]),
-            "objective": objective,
-            "teacher": str(variant.get("teacher")),
-        },
-        params=cfg,
-        config_hash=chash,
-        enabled=ctx.is_main,
-    )
-    tracked.log_shard_sets(one for group in sets.values() for one in group)
-    precision = job_precision(pre.get("amp", "bf16"), ctx.device)
-    trainer = Trainer(
-        model=model, train_model=prepare_model(pre, ctx.device, model, wrap_ddp(model, ctx)),
-        optimizer=optimizer, scheduler=scheduler,
-        loader=loader, ctx=ctx, tracked=tracked, checkpoint_dir=out / "checkpoints",
-        config_hash=chash, epochs=epochs, steps_per_epoch=steps_per_epoch,
-        clip_grad=float(pre["clip_grad"]), log_every=int(pre["log_every"]),
-        checkpoint_every=int(pre["checkpoint_every"]), extra_metrics=lambda: moe_metrics(model),
-        precision=precision,
-        preempt_check_every=int(pre.get("preempt_check_every", PREEMPT_CHECK_EVERY)),
+    optimizer, scheduler = _optimization(job, model, specs, sensors, epochs, steps_per_epoch)
+    tracked = open_tracked_run(
+        job, run_name=variant["name"], tags=variant_tags(variant),
+        entry_point="python -m msgfm pretrain",
     )  # fmt: skip
-    trainer.resume()
+    tracked.log_shard_sets(one for group in sets.values() for one in group)
+    trainer = resumed_trainer(
+        job, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
+        tracked=tracked, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        extra_metrics=lambda: moe_metrics(model),
+    )  # fmt: skip
     weights = loss_weights(specs)
 
     def step(raw: Any, position: TrainPosition) -> tuple[torch.Tensor, dict[str, Any], int]:
         entries, entry_weights = make_entries(raw, weights=weights, device=ctx.device)
-        with precision.autocast():
+        with trainer.precision.autocast():
             if teacher is not None:
                 add_teacher_targets(entries, teacher, objective, mask_generator.cells_per_side)
             loss, parts = trainer.train_model(entries, entry_weights)
@@ -253,29 +175,93 @@ def _train(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any
     last = trainer.run(step)
     metrics = {"variant": variant["name"], "steps": trainer.position.global_step, **last}
     if ctx.is_main:
-        _finish_outputs(cfg, out, model, dataset, mask_generator, tracked, metrics)
+        _finish_outputs(job, model, dataset, mask_generator, tracked, metrics)
     return metrics
 
 
+def _data(
+    job: Job,
+    specs: list[SourceSpec],
+    sets: Mapping[str, list[ShardSet]],
+    sensors: Mapping[str, list[str]],
+    mask_generator: Any,
+) -> tuple[MultiSourceDataset, DataLoader, int]:
+    """The variant's samples with their seeded masks and cross draws, this rank's share of
+    the multi-source batches, and the steps of an epoch."""
+    seed, ctx = job.seed, job.ctx
+    draws = SampleDraws(mask_generator, float(job.cfg["variant"]["cross_rate"]), seed)
+    dataset = MultiSourceDataset(sets, seed=seed, roles=sensors, draws=draws)
+    sampler = MultiSourceBatchSampler(
+        dataset.sizes,
+        {s.name: s.batch_size for s in specs},
+        seed=seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    loader = make_loader(
+        dataset, sampler, collate_multisource, workers=int(job.settings["num_workers"]),
+        seed=seed, ctx=ctx, persistent=True,
+    )  # fmt: skip
+    return dataset, loader, job.steps_per_epoch(sampler.steps_per_epoch)
+
+
+def _optimization(
+    job: Job,
+    model: torch.nn.Module,
+    specs: list[SourceSpec],
+    sensors: Mapping[str, list[str]],
+    epochs: int,
+    steps_per_epoch: int,
+) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW at the fastest source's learning rate, each sensor's modules scaled to its
+    source's, with the schedule (and, for the epoch count, the milestones) of the settings."""
+    pre = job.settings
+    groups = param_groups(
+        model,
+        weight_decay=float(pre["weight_decay"]),
+        lr_scale_by_prefix=sensor_lr_scales(specs, sensors),
+    )
+    return build_optimization(
+        groups,
+        pre,
+        lr=max(s.lr for s in specs),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        milestones=pre.get("milestones", {}).get(str(epochs), []),
+    )
+
+
+def variant_tags(variant: Mapping[str, Any]) -> dict[str, str]:
+    """What the MLflow compare view lines a variant's run up by (its table's ablation axes)."""
+    return {
+        "variant": variant["name"],
+        "table": str(variant.get("table", "")),
+        "moe": str(bool(variant["moe"])),
+        "cross_rate": str(variant["cross_rate"]),
+        "objective": variant.get("objective", "mim"),
+        "teacher": str(variant.get("teacher")),
+    }
+
+
 def _finish_outputs(
-    cfg: Mapping[str, Any],
-    out: Path,
+    job: Job,
     model: torch.nn.Module,
     dataset: MultiSourceDataset,
     mask_generator: Any,
     tracked: TrackedRun,
     metrics: dict[str, Any],
 ) -> None:
-    """Figures, encoder and metrics; the encoder file is written last (the rule's output),
+    """Figures, metrics and encoder; the encoder file is written last (the rule's output),
     then logged as an MLflow model (:mod:`msgfm.model_registry`).
 
     A model that reconstructs teacher features (EVA-style) has no pixels to show: no figures.
     """
+    cfg, out = job.cfg, job.out
     figures = out / "figures"
-    generator = torch.Generator().manual_seed(int(cfg["pretrain"]["seed"]))
+    generator = torch.Generator().manual_seed(job.seed)
     examples_by_key = (
         reconstruction_examples(
-            model, dataset, mask_generator, generator, int(cfg["pretrain"]["figure_examples"])
+            model, dataset, mask_generator, generator, int(job.settings["figure_examples"])
         )
         if unwrap(model).target == "pixels"
         else {}
@@ -287,9 +273,7 @@ def _finish_outputs(
             title=f"{cfg['variant']['name']}: {key}",
         )
         tracked.log_artifact(path, "figures")
-    write_json_atomic(out / "metrics.json", metrics)
-    tracked.log_artifact(out / "config.json")
-    tracked.log_artifact(out / "metrics.json")
+    write_metrics(job, tracked, metrics)
     encoder = out / "encoder.pt"
     with atomic_path(encoder) as tmp:
         torch.save({"config": unwrap(model).config, "model": unwrap(model).state_dict()}, tmp)
