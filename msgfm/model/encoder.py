@@ -6,7 +6,7 @@ The stages are timm's ``SwinTransformerStage`` (each opens with ``PatchMerging``
 first), so the hierarchy, window attention, shifted windows and relative position bias are
 timm's own code. ``mlp_layer`` (as timm's ``Block`` takes one) may give any block another
 ``mlp``: msGFM's MoE layers (paper §3.4, Table 10: every other block of stage 3, i.e. blocks
-1, 3, …, 17 of 18; ``msgfm.model.moe.moe_mlp_layer``). An MLP that routes tokens (``MoEMlp``)
+1, 3, …, 17 of 18; ``msgfm.model.factory.moe_mlp_layer``). An MLP that routes tokens (``MoEMlp``)
 has ``routing_groups`` and ``aux_loss``, which the encoder sets and sums.
 """
 
