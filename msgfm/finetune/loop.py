@@ -125,6 +125,18 @@ def build_model(
     )
 
 
+def start_head_at_prior(model: nn.Module, spec: TaskSpec, train: ShardSet) -> None:
+    """Start the head's output at what the training split says before any image is seen: the
+    label frequencies (classification) or the targets' per-band mean (regression), so a short
+    schedule spends its steps on the features, not on learning the prior through a bias."""
+    if spec.kind == "classification":
+        positives = np.sum([train.get(i, [spec.target])[spec.target] for i in range(len(train))], 0)
+        model.head.init_bias_to_prior(torch.as_tensor(positives), len(train))
+    elif spec.kind == "regression":
+        mean, _ = role_statistics([train], spec.target, role_tensor)
+        model.head.init_bias_to_mean(mean)
+
+
 def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, Any]:
     # "inputs": the sensors fed (Fig. 4's single-sensor columns); absent/None = all the task's
     settings, spec = cfg["finetune"], with_inputs(task_spec(cfg["task"]), cfg.get("inputs"))
@@ -154,9 +166,7 @@ def _finetune(cfg: Mapping[str, Any], out: Path, ctx: DistContext) -> dict[str, 
     from msgfm.finetune.model import layer_decay_groups
 
     model = build_model(cfg, spec, shards, train).to(ctx.device)
-    if spec.kind == "classification":
-        positives = np.sum([train.get(i, [spec.target])[spec.target] for i in range(len(train))], 0)
-        model.head.init_bias_to_prior(torch.as_tensor(positives), len(train))
+    start_head_at_prior(model, spec, train)
     groups = layer_decay_groups(
         model,
         base_lr=float(settings["lr"]),
