@@ -26,7 +26,7 @@ from msgfm.model.masking import MaskGenerator, apply_mask_token, pixel_mask
 from msgfm.model.moe import MoEMlp
 from msgfm.model.moe_gate import expert_capacity
 from msgfm.model.msgfm import distill_loss, masked_l1
-from msgfm.model.patch_embed import INPUT_LIMIT, SensorPatchEmbed, StackedPatchEmbed
+from msgfm.model.patch_embed import StackedPatchEmbed
 
 DENSE = {"preset": "demo", "moe": {"enabled": False}}
 CHANNELS = {"rgb": 3, "s2": 13, "sar": 2, "dsm": 1}
@@ -391,25 +391,6 @@ def test_stacked_patch_embedding_is_mean_of_sensor_stems(dense_model):
         norm_b = (embeds["s2"].norm.bias + embeds["sar"].norm.bias) / 2
         expected = nn.functional.layer_norm(pre.permute(0, 2, 3, 1), (32,), norm_w, norm_b)
         torch.testing.assert_close(stacked(torch.cat([s2, sar], 1)), expected)
-
-
-def test_stems_clip_inputs_far_outside_their_pretraining_statistics():
-    """A cloud in the cirrus band (pretraining spread 0.004) is ~160 spreads out: unclipped it
-    drove 96 % of the pretrained S2 stem's activation on the demo's SEN12MS-CR."""
-    torch.manual_seed(0)
-    stem = SensorPatchEmbed(3, 16, 4)
-    spread = torch.tensor([0.05, 0.05, 0.004])
-    stem.set_input_statistics(torch.full((3,), 0.1), spread)
-    clear = 0.1 + torch.randn(1, 3, 8, 8) * spread[:, None, None]
-    cloudy, at_limit = clear.clone(), clear.clone()
-    cloudy[:, 2], at_limit[:, 2] = 0.65, 0.1 + INPUT_LIMIT * 0.004
-    with torch.no_grad():
-        torch.testing.assert_close(stem(cloudy), stem(at_limit))
-        stacked = StackedPatchEmbed({"s2": stem}, ["s2"])
-        torch.testing.assert_close(stacked(cloudy), stacked(at_limit))
-        assert not torch.allclose(stem(cloudy), stem(clear))  # a cloud still shows
-    # the MIM target is the unclipped standardised image
-    assert stem.standardize(cloudy)[:, 2].min() > 100
 
 
 def test_load_encoder_roundtrip(dense_model, tmp_path):

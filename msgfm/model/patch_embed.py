@@ -15,15 +15,6 @@ large as the signal, and SimMIM on the demo stalled at the loss of a constant pr
 (masked L1 0.055 vs 0.030 with standardised bands, same steps). The MIM targets are standardised
 by the target sensor's stem too (:class:`msgfm.model.msgfm.MsGFM`).
 
-The standardised input is clipped to ±``INPUT_LIMIT`` spreads before the projection. A stem
-finetuned on another distribution than it was pretrained on meets values its weights never
-saw: SEN12MS-CR's cloudy S2 through the S2 stem, whose cirrus band B10 spreads by 0.004 over
-(cloud-free) pretraining, puts a cloud at ~160 spreads, and on the demo B10 then drove 96 % of
-the pretrained stem's activation (SAR 0.2 %), so the encoder saw a cloud mask and little else;
-clipped at 10, no band drives more than 14 %. Pretraining inputs stay inside (|z| ≤ 6.3 for
-S2, SAR, RGB on the demo; 1e-4 of the per-tile standardised DSM pixels exceed 10). Targets
-(``standardize``) are not clipped.
-
 Missing bands (BigEarthNet has no B10) arrive zero-filled with a per-band validity mask. They are
 set to zero *after* standardisation, i.e. to the band's mean (so a reader's fill value can never
 leak in), and the valid bands are *not* rescaled: the gaps are systematic per dataset, not random
@@ -37,9 +28,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-
-# Spreads beyond which a standardised stem input is clipped (module docstring).
-INPUT_LIMIT = 10.0
 
 
 class SensorPatchEmbed(nn.Module):
@@ -86,7 +74,7 @@ class SensorPatchEmbed(nn.Module):
             raise ValueError(
                 f"image size {tuple(image.shape[2:])} is not a multiple of patch {self.patch_size}"
             )
-        image = self.standardize(image).clamp(-INPUT_LIMIT, INPUT_LIMIT)
+        image = self.standardize(image)
         if band_valid is not None:
             image = self._apply_band_mask(image, band_valid)
         return self.norm(self.proj(image).permute(0, 2, 3, 1))
@@ -149,7 +137,6 @@ class StackedPatchEmbed(nn.Module):
                 f"stacked, got {tuple(image.shape)}"
             )
         image = _standardize(image, self.input_mean, self.input_std)
-        image = image.clamp(-INPUT_LIMIT, INPUT_LIMIT)
         if band_valid is not None:
             if band_valid.shape != (image.shape[0], image.shape[1]):
                 raise ValueError(
