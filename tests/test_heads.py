@@ -35,6 +35,17 @@ def test_classification_head_starts_at_the_label_prior() -> None:
         head.init_bias_to_prior(torch.tensor([1, 2]), total=10)
 
 
+def test_regression_decoder_starts_at_the_band_means_through_the_sigmoid() -> None:
+    decoder = RegressionDecoder(DIMS, 3, channels=32)
+    decoder.init_bias_to_mean(torch.tensor([0.0, 0.15, 0.3]))
+    zero = [torch.zeros_like(f) for f in _stages(1, 64)]
+    # a band that is always 0 (cirrus) starts at 1e-3: a finite logit
+    expected = torch.tensor([1e-3, 0.15, 0.3])
+    assert torch.allclose(torch.sigmoid(decoder(zero)).mean((0, 2, 3)), expected, atol=1e-3)
+    with pytest.raises(ValueError, match="3-band decoder"):
+        decoder.init_bias_to_mean(torch.tensor([0.1, 0.2]))
+
+
 def test_regression_decoder_sizes_and_guide() -> None:
     features = _stages(2, 64)
     assert RegressionDecoder(DIMS, 13, channels=32)(features).shape == (2, 13, 64, 64)

@@ -122,7 +122,7 @@ def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:
     for task in ("bigearthnet", "sen12ms_cr", "spacenet2", "vaihingen"):
         assert (results / "shards" / "downstream" / task / "index.parquet").is_file(), task
     table6 = (results / "tables" / "table6.md").read_text()
-    assert "MoE ✓ cross ✓ 50%" in table6 and "(87.5, " in table6  # ours beside the paper
+    assert "MoE ✓ cross ✓ 50%" in table6 and "(0.821, " in table6  # ours beside the paper (CR SSIM)
     for name in ("table3", "table5", "table6"):
         assert (results / "tables" / f"{name}.csv").is_file()
         assert (results / "tables" / f"{name}.tex").is_file()

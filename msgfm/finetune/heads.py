@@ -8,6 +8,8 @@
   optional resize to an explicit output size, and an optional full-resolution *guide* image
   concatenated before the last convolutions: pan-sharpening feeds the 650 px PAN band there,
   so the high-resolution detail reaches the output without passing through a 32× bottleneck.
+  Its output bias starts at the logit of the training targets' band means
+  (``init_bias_to_mean``), as the classifier's starts at the label prior.
 - ``UperNetHead`` (Xiao et al. 2018, as mmsegmentation's UPerHead that GFM uses for
   Vaihingen): a pyramid pooling module (scales 1, 2, 3, 6) on the last stage, an FPN over all
   stages, the fused stride-4 map through a 3×3 conv, dropout 0.1, 1×1 classifier; logits are
@@ -183,6 +185,23 @@ class RegressionDecoder(nn.Module):
         elif guide is not None:
             raise ValueError("a guide image was given but the decoder has guide_chans=0")
         return self.out(x)
+
+    def init_bias_to_mean(self, mean: torch.Tensor) -> None:
+        """Start each band's output at the training targets' mean (through the sigmoid the
+        model puts on this output: the bias is its logit).
+
+        With a zero bias every band starts at 0.5 while reflectances and 11-bit DNs scaled to
+        [0, 1] sit near 0.1-0.3: the decoder's first hundreds of steps would only learn the
+        mean, and a short schedule ends worse than predicting it (the regression twin of
+        ``ClassificationHead.init_bias_to_prior``). Means are clipped to [1e-3, 1 - 1e-3] so
+        a band that is always 0 (SEN12MS-CR's cirrus B10) gets a finite logit.
+        """
+        if mean.shape != self.out.bias.shape:
+            raise ValueError(
+                f"{tuple(mean.shape)} band means for a {self.out.out_channels}-band decoder"
+            )
+        with torch.no_grad():
+            self.out.bias.copy_(torch.logit(mean.double().clamp(1e-3, 1 - 1e-3)).float())
 
 
 class PyramidPooling(nn.Module):

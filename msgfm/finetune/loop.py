@@ -102,6 +102,18 @@ def build_cell_model(
     )
 
 
+def start_head_at_prior(model: nn.Module, spec: TaskSpec, train: ShardSet) -> None:
+    """Start the head's output at what the training split says before any image is seen: the
+    label frequencies (classification) or the targets' per-band mean (regression), so a short
+    schedule spends its steps on the features, not on learning the prior through a bias."""
+    if spec.kind == "classification":
+        positives = np.sum([train.get(i, [spec.target])[spec.target] for i in range(len(train))], 0)
+        model.head.init_bias_to_prior(torch.as_tensor(positives), len(train))
+    elif spec.kind == "regression":
+        mean, _ = role_statistics([train], spec.target, role_tensor)
+        model.head.init_bias_to_mean(mean)
+
+
 def _finetune(job: Job) -> dict[str, Any]:
     cfg, settings, ctx = job.cfg, job.settings, job.ctx
     # "inputs": the sensors fed (Fig. 4's single-sensor columns); absent/None = all the task's
@@ -111,9 +123,7 @@ def _finetune(job: Job) -> dict[str, Any]:
     loader, steps_per_epoch = _train_data(job, spec, train)
 
     model = build_cell_model(cfg, spec, shards, train).to(ctx.device)
-    if spec.kind == "classification":
-        positives = np.sum([train.get(i, [spec.target])[spec.target] for i in range(len(train))], 0)
-        model.head.init_bias_to_prior(torch.as_tensor(positives), len(train))
+    start_head_at_prior(model, spec, train)
     epochs = int(settings["epochs"])
     optimizer, scheduler = _optimization(job, model, epochs, steps_per_epoch)
     tracked = open_tracked_run(
