@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from msgfm.data.shards import ShardSet
 from msgfm.finetune.data import TaskDataset, collate, task_spec
-from msgfm.finetune.loop import build_model, evaluate
+from msgfm.finetune.loop import build_cell_model, evaluate
 from msgfm.finetune.metrics import multilabel_map
 from msgfm.finetune.subsets import train_split
 from msgfm.train.precision import job_precision
@@ -111,7 +111,7 @@ def load_cell(cell: Path, finetuned: bool) -> tuple[dict[str, Any], nn.Module, S
     spec = task_spec(cfg["task"])
     train = train_split(cfg["shards"], cfg.get("subset"))
     torch.manual_seed(0)
-    model = build_model(cfg, spec, ShardSet(cfg["shards"]), train)
+    model = build_cell_model(cfg, spec, ShardSet(cfg["shards"]), train)
     if finetuned:
         payload = torch.load(
             cell / "checkpoints" / "last.pt", map_location="cpu", weights_only=False
