@@ -22,16 +22,14 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from msgfm.data.demo import write_demo
+from msgfm.data.registry import DOWNSTREAM_TASKS, PRETRAIN_SOURCES, dataset_spec
 from msgfm.data.tiling import downstream, pretrain
 
-PRETRAIN = ("sen12ms", "mdas", "millionaid", "geopile")
-DOWNSTREAM = ("bigearthnet", "sen12ms_cr", "spacenet2", "vaihingen")
 RASTER_SUFFIXES = {".tif", ".tiff", ".jpg", ".jpeg", ".png"}
 
 
 def source_files(name: str, data_root: Path) -> list[Path]:
-    module = pretrain if name in PRETRAIN else downstream
-    reader = module.open_reader(name, data_root)
+    reader = dataset_spec(name).open_reader(data_root)
     return [p for ref in reader.refs for paths in ref.files.values() for p in paths]
 
 
@@ -49,7 +47,7 @@ def plain_read(files: list[Path]) -> float:
 
 def run_tiler(name: str, data_root: Path, out: Path) -> float:
     start = time.perf_counter()
-    if name in PRETRAIN:
+    if name in PRETRAIN_SOURCES:
         pretrain.tile_pretrain(name, data_root, out / name)
     else:
         downstream.tile_downstream(name, data_root, out / name)
@@ -73,7 +71,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, help="real data root (default: demo data)")
-    parser.add_argument("--sources", nargs="+", default=[*PRETRAIN, *DOWNSTREAM])
+    parser.add_argument("--sources", nargs="+", default=[*PRETRAIN_SOURCES, *DOWNSTREAM_TASKS])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if "sen12ms" not in args.sources:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from msgfm.errors import MsgfmError
+from msgfm.errors import MsgfmError, OptionError
 from msgfm.redaction import RedactingFilter, print_redacted_traceback, redact_text
 from msgfm.train.resources import rank_threads
 
@@ -56,11 +56,16 @@ def _tile_pretrain(args: argparse.Namespace) -> object:
 def _tile_downstream(args: argparse.Namespace) -> object:
     from msgfm.data.tiling.downstream import tile_downstream
 
-    # Options a task does not have are rejected by the tiler, so only pass those given.
-    options = {"crop": args.crop, "stride": args.stride}
-    given = {name: value for name, value in options.items() if value is not None}
+    # The task's tiler checks the keys and values (msgfm.data.registry), as the pretraining
+    # job checks its config.
+    try:
+        options = json.loads(args.options_json)
+    except json.JSONDecodeError:
+        options = None
+    if not isinstance(options, dict):
+        raise OptionError(f"--options-json: expected a JSON object, got {args.options_json!r}")
     return tile_downstream(
-        args.task, args.data_root, args.out, rows_per_shard=args.rows_per_shard, **given
+        args.task, args.data_root, args.out, rows_per_shard=args.rows_per_shard, **options
     )
 
 
@@ -212,8 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("task")
     down.add_argument("--data-root", type=Path, required=True)
     down.add_argument("--out", type=Path, required=True)
-    down.add_argument("--crop", type=int, default=None, help="Vaihingen crop size (512)")
-    down.add_argument("--stride", type=int, default=None, help="Vaihingen crop stride (256)")
+    down.add_argument(
+        "--options-json",
+        default="{}",
+        help="the task's tiler options over their defaults (msgfm.data.registry), e.g. "
+        '\'{"crop": 512, "stride": 256}\' for vaihingen, \'{"mul_size": 162}\' for spacenet2',
+    )
     down.add_argument("--rows-per-shard", type=int, default=1024)
     launcher = verb(
         "launch",

@@ -2,7 +2,8 @@
 
 The schema (workflow/schemas/config.schema.yaml) checks each value alone; what it cannot see is
 checked here with the rules the jobs themselves apply (msgfm.model.config for the network, this
-module's ``check_mdas_resize`` for the MDAS tiler), so ``snakemake -n`` refuses what a job would.
+module's ``check_mdas_resize`` for the MDAS tiler, msgfm.data.registry for the downstream tilers'
+options), so ``snakemake -n`` refuses what a job would.
 Torch-free: Snakemake imports it while it parses the Snakefile.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from msgfm import plan
+from msgfm.data.registry import dataset_spec
 from msgfm.model.config import check_input_size, encoder_stride, resolve_config
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -51,10 +53,13 @@ def check_mdas_resize(tile: int, mdas_resize: int) -> None:
 
 
 def check_config(config: Mapping[str, Any]) -> None:
-    """Raise a one-line ValueError for the first setting no planned job could run with."""
+    """Raise a one-line ValueError (OptionError for a tiler's options) for the first setting
+    no planned job could run with."""
     tiling = config["tiling"]
     if "mdas" in config["pretrain_sources"]:
         check_mdas_resize(tiling["tile"], tiling["mdas_resize"])
+    for task, options in tiling["downstream"].items():
+        dataset_spec(task, downstream=True).tiler_settings(options, f"tiling.downstream.{task}")
     resolved = resolve_config(config["model"])  # also the random and IN-22k inits' model
     variants = plan.pretrain_variants(config)
     for variant in variants:

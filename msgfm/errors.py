@@ -39,3 +39,9 @@ class UnknownNameError(MsgfmError, KeyError):
     known ones. Still a KeyError for callers, but printed by the CLI as one line."""
 
     __str__ = Exception.__str__  # KeyError's would quote the whole message
+
+
+class OptionError(MsgfmError, TypeError):
+    """A setting a registry entry does not take, or of the wrong type (a tiler option, ...);
+    the message names the key and what was expected. Still a TypeError for callers, as an
+    unexpected keyword argument would be."""

@@ -54,18 +54,11 @@ def ready_marker(dataset):
     return DATA / dataset / ".msgfm-ready.json"
 
 
-def downstream_options(wildcards):
-    """Command-line options of a downstream tiler that only some tasks have (a list, for
-    the shell command to quote item by item)."""
-    tiling = config["tiling"]
-    if wildcards.task == "vaihingen":
-        return [
-            "--crop",
-            tiling["vaihingen_crop"],
-            "--stride",
-            tiling["vaihingen_stride"],
-        ]
-    return []
+def downstream_tiler_options(wildcards):
+    """The task's tiler options as set in tiling.downstream, as JSON (msgfm.data.registry
+    holds their defaults and checks them)."""
+    options = config["tiling"]["downstream"].get(wildcards.task, {})
+    return json.dumps(options, sort_keys=True)
 
 
 def pretrain_shards(wildcards):

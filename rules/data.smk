@@ -84,8 +84,8 @@ rule tile_downstream:
         mem_mb=config["resources"]["tiling_mem_mb"],
     params:
         data_root=DATA,
-        tiling=config["tiling"],
-        options=downstream_options,
+        rows_per_shard=config["tiling"]["rows_per_shard"],
+        options=downstream_tiler_options,
     shell:
         "python -m msgfm tile-downstream {wildcards.task} --data-root {params.data_root:q} --out {output:q}"
-        " {params.options:q} --rows-per-shard {params.tiling[rows_per_shard]} > {log:q} 2>&1"
+        " --options-json {params.options:q} --rows-per-shard {params.rows_per_shard} > {log:q} 2>&1"

@@ -78,6 +78,10 @@ PLANNED_MISTAKES = {
         ["tiling.mdas_resize 96", "multiple of tiling.tile 192"],
     ),
     "empty-data-root": ({"data_root": ""}, ["data_root", "non-empty"]),
+    "tiler-option": (
+        {"tiling": {"downstream": {"spacenet2": {"crop": 3}}}},
+        ["tiling.downstream.spacenet2", "unknown option 'crop'", "mul_size, pan_size"],
+    ),
 }
 
 
@@ -100,6 +104,21 @@ def test_paper_config_dry_run_plans_downloads_and_tiling() -> None:
     assert result.returncode == 0, result.stderr
     for rule in ("prepare_dataset", "tile_pretrain", "tile_downstream"):
         assert rule in result.stdout
+
+
+def test_a_tasks_tiler_options_reach_its_job_as_one_json_argument(tmp_path: Path) -> None:
+    """SpaceNet2's MUL side set in the config is what its tiling job receives."""
+    settings = tmp_path / "mul.yaml"
+    settings.write_text(yaml.safe_dump({"tiling": {"downstream": {"spacenet2": {"mul_size": 96}}}}))
+    target = tmp_path / "shards" / "downstream" / "spacenet2"
+    planned = snakemake(
+        "-n", "-p", "--configfile", str(settings), "--config", f"results_root={tmp_path}",
+        "--", str(target),
+    )  # fmt: skip
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    command = next(line for line in planned.stdout.splitlines() if "tile-downstream" in line)
+    words = shlex.split(command)
+    assert json.loads(words[words.index("--options-json") + 1]) == {"mul_size": 96, "pan_size": 650}
 
 
 def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Where each dataset of the paper comes from: URLs, published checksums, and how to place it.
 
-One registry, :data:`SOURCES`, drives the download rules, the manual-placement checks and the
-instructions users read when a source cannot be fetched automatically. Facts and where they were
+One table, :data:`SOURCES`, drives the download rules, the manual-placement checks and the
+instructions users read when a source cannot be fetched automatically; it is the source and
+citation part of each dataset's entry in :mod:`msgfm.data.registry`. Facts and where they were
 taken from:
 
 - SEN12MS: mediaTUM record 1474000 (the share also answers on ftp with public credentials; we

@@ -22,7 +22,7 @@ Decisions recorded here because the paper is silent:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from msgfm.data.loader import to_tensor
+from msgfm.data.registry import DATASETS, TaskSpec
 from msgfm.data.shards import ShardSet
 from msgfm.errors import DataError
 
@@ -37,39 +38,9 @@ SPACENET_MAX_VALUE = 2047.0  # WorldView-3 MUL/PAN are 11-bit values stored as u
 _SPACENET_ROLES = frozenset({"mul", "pan", "pansharpened"})
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a downstream task feeds the model and what it predicts.
-
-    ``inputs`` pairs each shard role with the model sensor whose stem reads it, in stacking
-    order; ``num_outputs`` is the class count or the target's band count.
-    """
-
-    name: str
-    kind: str  # "classification" (multi-label), "regression" or "segmentation"
-    inputs: tuple[tuple[str, str], ...]
-    target: str
-    num_outputs: int
-    ignore_index: int | None = None
-
-    @property
-    def sensors(self) -> tuple[str, ...]:
-        return tuple(sensor for _, sensor in self.inputs)
-
-
+# The downstream tasks as the registry declares them (msgfm.data.registry.TaskSpec).
 TASKS: dict[str, TaskSpec] = {
-    "bigearthnet": TaskSpec(
-        "bigearthnet", "classification", (("s2", "s2"), ("sar", "sar")), "target", 19
-    ),
-    "sen12ms_cr": TaskSpec(
-        "sen12ms_cr", "regression", (("sar", "sar"), ("s2_cloudy", "s2")), "s2", 13
-    ),
-    "spacenet2": TaskSpec(
-        "spacenet2", "regression", (("mul", "mul"), ("pan", "pan")), "pansharpened", 8
-    ),
-    "vaihingen": TaskSpec(
-        "vaihingen", "segmentation", (("rgb", "rgb"), ("dsm", "dsm")), "label", 6, 255
-    ),
+    name: spec.task for name, spec in DATASETS.items() if spec.task is not None
 }
 
 

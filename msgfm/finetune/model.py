@@ -11,7 +11,7 @@ backbone's ``input_size``, then:
   encoder, and the per-sensor final maps (classification) or per-stage maps (dense heads) are
   concatenated along channels, so the head sees ``n_sensors`` × the widths.
 
-Outputs per task (the task table is ``msgfm.finetune.data.TASKS``):
+Outputs per task (the tasks are declared in ``msgfm.data.registry``):
 - bigearthnet: (B, 19) logits (multi-label: train with BCE-with-logits);
 - sen12ms_cr: (B, 13, H, W) cloud-free S2 in [0, 1] (sigmoid), H, W = the inputs' size;
 - spacenet2: (B, 8, H, W) pan-sharpened MUL in [0, 1] (sigmoid) at the PAN image's size: PAN
@@ -42,9 +42,6 @@ from msgfm.finetune.data import TaskSpec, task_spec
 from msgfm.finetune.heads import ClassificationHead, RegressionDecoder, UperNetHead
 from msgfm.model.factory import PretrainedBackbone
 from msgfm.model.msgfm import no_weight_decay
-
-# A role whose full-resolution image also feeds the regression decoder.
-GUIDE_ROLES = {"spacenet2": "pan"}
 
 
 def _sensor_of(spec: TaskSpec, key: str) -> str:
@@ -109,7 +106,7 @@ class FinetuneModel(nn.Module):
                 "input_size unknown: pass it or build the backbone with build_backbone"
             )
         self.output_size = output_size
-        guide = GUIDE_ROLES.get(task)
+        guide = self.spec.guide
         self.guide_key = next(
             (k for k in self.keys if guide in (k, _sensor_of(self.spec, k))), None
         )
@@ -282,7 +279,7 @@ def build_finetune_model(
     )
     ratio = (output_size or img_size) / img_size
     out_scale = 2 ** max(0, math.ceil(math.log2(ratio)))
-    guide = GUIDE_ROLES.get(task)
+    guide = spec.guide
     has_guide = any(guide in (key, stem) for key, stem in zip(keys, stems, strict=True))
     head = build_head(
         task,

@@ -10,50 +10,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from msgfm.data.registry import DATASETS
+
 log = logging.getLogger(__name__)
 
-Writer = Callable[[Path, np.random.Generator], None]
-
-
-def _writers() -> dict[str, Writer]:
-    # Imported here so that ``import msgfm.data.demo`` stays cheap.
-    from msgfm.data.demo import (
-        bigearthnet,
-        mdas,
-        rgb_collections,
-        sen12ms,
-        sen12ms_cr,
-        spacenet2,
-        vaihingen,
-    )
-
-    return {
-        "sen12ms": sen12ms.write,
-        "sen12ms_cr": sen12ms_cr.write,
-        "bigearthnet": bigearthnet.write,
-        "mdas": mdas.write,
-        "vaihingen": vaihingen.write,
-        "spacenet2": spacenet2.write,
-        "millionaid": rgb_collections.write_millionaid,
-        "geopile": rgb_collections.write_geopile,
-    }
-
-
-DEMO_DATASETS: tuple[str, ...] = (
-    "sen12ms", "sen12ms_cr", "bigearthnet", "mdas",
-    "vaihingen", "spacenet2", "millionaid", "geopile",
-)  # fmt: skip
+# Every dataset of the registry, in its order: each one's random stream is seeded by its position.
+DEMO_DATASETS: tuple[str, ...] = tuple(DATASETS)
 
 
 def write_demo(
     data_root: str | Path, *, seed: int = 0, datasets: Sequence[str] | None = None
 ) -> dict[str, float]:
-    """Write the demo datasets under ``data_root/<dataset>/`` and mark each one ready.
+    """Write the demo datasets under ``data_root/<dataset>/`` and mark each one ready (each
+    dataset's writer is its registry entry's ``demo_writer``).
 
     The ready marker is written last, exactly as after a real download, so the workflow
     treats generated and downloaded data alike. Returns seconds spent per dataset.
@@ -61,9 +35,8 @@ def write_demo(
     from msgfm.data.marker import write_ready_marker
 
     data_root = Path(data_root)
-    writers = _writers()
     chosen = list(datasets) if datasets else list(DEMO_DATASETS)
-    unknown = sorted(set(chosen) - set(writers))
+    unknown = sorted(set(chosen) - set(DATASETS))
     if unknown:
         raise KeyError(f"unknown demo dataset(s) {unknown}; expected some of {DEMO_DATASETS}")
     timings: dict[str, float] = {}
@@ -71,7 +44,7 @@ def write_demo(
         start = time.perf_counter()
         folder = data_root / dataset
         rng = np.random.default_rng([seed, DEMO_DATASETS.index(dataset)])
-        writers[dataset](folder, rng)
+        DATASETS[dataset].write_demo(folder, rng)
         write_ready_marker(folder, dataset, origin=f"demo (seed {seed})")
         timings[dataset] = round(time.perf_counter() - start, 3)
         log.info("demo %s written to %s in %.1f s", dataset, folder, timings[dataset])

@@ -1,5 +1,8 @@
 """Tile the four downstream datasets (paper Table 2-3) into shard sets.
 
+Each task's reader, roles and tiler options (with their defaults) are declared in
+:mod:`msgfm.data.registry`; the row functions here are its tilers:
+
 - ``bigearthnet``: s2 uint16 (13, 120, 120) with B10 flagged invalid in meta.json, sar
   float32 (2, 120, 120) (NaN → 0 dB, counted), target uint8 (19,) multi-hot; index columns
   split and labels (the 43-class names, for audits).
@@ -14,32 +17,19 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
+from msgfm.data.registry import dataset_spec
 from msgfm.data.sensors import SENSORS
 from msgfm.data.shards import ShardWriter
 from msgfm.data.tiling.geometry import pad_to, resize, windows
 from msgfm.data.tiling.report import TilingReport
 
-# task -> (reader module, reader class, roles written)
-_TASKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "bigearthnet": ("msgfm.data.readers.bigearthnet", "BigEarthNet", ("s2", "sar", "target")),
-    "sen12ms_cr": ("msgfm.data.readers.sen12ms_cr", "SEN12MSCR", ("sar", "s2_cloudy", "s2")),
-    "spacenet2": ("msgfm.data.readers.spacenet2", "SpaceNet2", ("mul", "pan", "pansharpened")),
-    "vaihingen": ("msgfm.data.readers.vaihingen", "Vaihingen", ("rgb", "dsm", "label")),
-}
-_DEFAULTS: dict[str, dict[str, int]] = {
-    "bigearthnet": {},
-    "sen12ms_cr": {},
-    "spacenet2": {"mul_size": 162, "pan_size": 650},
-    "vaihingen": {"crop": 512, "stride": 256},
-}
 # Padding where a Vaihingen area is smaller than a crop: black image, flat DSM, ignored label.
 _PAD_VALUES = {"rgb": 0, "dsm": 0.0, "label": 255}
 
@@ -80,26 +70,15 @@ def vaihingen_rows(sample: Sample, *_: Any, crop: int, stride: int) -> Rows:
         yield f"area{area}_y{y}_x{x}", arrays, columns
 
 
-_ROWS: dict[str, Callable[..., Rows]] = {
-    "bigearthnet": bigearthnet_rows,
-    "sen12ms_cr": sen12ms_cr_rows,
-    "spacenet2": spacenet2_rows,
-    "vaihingen": vaihingen_rows,
-}
-
-
 def open_reader(task: str, data_root: Path) -> DatasetReader:
     """The reader of a downstream task over ``<data_root>/<task>`` (all splits)."""
-    if task not in _TASKS:
-        raise ValueError(f"unknown downstream task {task!r}; expected one of {sorted(_TASKS)}")
-    module, name, _ = _TASKS[task]
-    return getattr(importlib.import_module(module), name)(Path(data_root) / task)
+    return dataset_spec(task, downstream=True).open_reader(data_root)
 
 
 def _band_names(task: str, sample: Sample) -> dict[str, list[str]]:
     """Band names per role for meta.json; the datasets' own names where not a sensor's."""
     names: dict[str, list[str]] = {}
-    for role in _TASKS[task][2]:
+    for role in dataset_spec(task).roles:
         sensor = "s2" if role == "s2_cloudy" else role
         if role in ("mul", "pansharpened") or (role == "rgb" and "bands" in sample.meta):
             names[role] = list(sample.meta["bands"])
@@ -113,15 +92,15 @@ def _band_names(task: str, sample: Sample) -> dict[str, list[str]]:
 def tile_downstream(task: str, data_root: Path, out_dir: Path, **opts: int) -> dict[str, Any]:
     """Write a downstream dataset (all splits) to a shard set; return the tiling report.
 
-    ``opts``: ``rows_per_shard`` (1024), and per task ``mul_size``/``pan_size`` (spacenet2)
-    or ``crop``/``stride`` (vaihingen).
+    ``opts``: ``rows_per_shard`` (1024), and the task's tiler options (the registry's
+    ``tiler_options``: ``mul_size``/``pan_size`` for spacenet2, ``crop``/``stride`` for
+    vaihingen); one it does not take raises :class:`msgfm.errors.OptionError`.
     """
-    reader = open_reader(task, data_root)
+    spec = dataset_spec(task, downstream=True)
     rows_per_shard = int(opts.pop("rows_per_shard", 1024))
-    unknown = set(opts) - set(_DEFAULTS[task])
-    if unknown:
-        raise TypeError(f"{task}: unknown option(s) {sorted(unknown)}; known {_DEFAULTS[task]}")
-    settings = {**_DEFAULTS[task], **opts}
+    settings = spec.tiler_settings(opts)
+    rows = spec.tiler_function()
+    reader = spec.open_reader(data_root)
     report = TilingReport(task, data_root, out_dir)
     writer: ShardWriter | None = None
     try:
@@ -130,7 +109,7 @@ def tile_downstream(task: str, data_root: Path, out_dir: Path, **opts: int) -> d
                 bands = _band_names(task, sample)
                 writer = ShardWriter(out_dir, rows_per_shard, bands=bands)
             origin = report.origin(ref)
-            for sample_id, arrays, columns in _ROWS[task](sample, ref, report, **settings):
+            for sample_id, arrays, columns in rows(sample, ref, report, **settings):
                 writer.add(
                     sample_id,
                     arrays,

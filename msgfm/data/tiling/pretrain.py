@@ -18,7 +18,6 @@ re-run writes identical shards.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,29 +26,18 @@ import numpy as np
 
 from msgfm.config_checks import check_mdas_resize
 from msgfm.data.readers.base import DatasetReader, Sample, SampleRef
+from msgfm.data.registry import dataset_spec
 from msgfm.data.sensors import SENSORS
 from msgfm.data.shards import ShardWriter
 from msgfm.data.tiling.geometry import centre_crop, resize, shorter_side_shape, windows
 from msgfm.data.tiling.report import TilingReport
-
-PRETRAIN_SOURCES: tuple[str, ...] = ("sen12ms", "mdas", "millionaid", "geopile")
-# source -> (reader module, reader class)
-_READERS: dict[str, tuple[str, str]] = {
-    "sen12ms": ("msgfm.data.readers.sen12ms", "SEN12MS"),
-    "mdas": ("msgfm.data.readers.mdas", "MDAS"),
-    "millionaid": ("msgfm.data.readers.rgb_collections", "MillionAID"),
-    "geopile": ("msgfm.data.readers.rgb_collections", "GeoPile"),
-}
 
 Tiles = Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]
 
 
 def open_reader(source: str, data_root: Path) -> DatasetReader:
     """The reader of a source over ``<data_root>/<source>`` (all splits)."""
-    if source not in _READERS:
-        raise ValueError(f"unknown pretraining source {source!r}; expected {PRETRAIN_SOURCES}")
-    module, name = _READERS[source]
-    return getattr(importlib.import_module(module), name)(Path(data_root) / source)
+    return dataset_spec(source, downstream=False).open_reader(data_root)
 
 
 def sen12ms_tiles(sample: Sample, ref: SampleRef, report: TilingReport, tile: int) -> Tiles:
@@ -90,7 +78,8 @@ def tile_pretrain(
     rows_per_shard: int = 1024,
 ) -> dict[str, Any]:
     """Write ``source``'s pretraining tiles to a shard set in ``out_dir``; return the report."""
-    reader = open_reader(source, data_root)
+    spec = dataset_spec(source, downstream=False)
+    reader = spec.open_reader(data_root)
     window = mdas_window or mdas_resize
     if source == "mdas":
         check_mdas_resize(tile, mdas_resize)
@@ -101,8 +90,8 @@ def tile_pretrain(
         "millionaid": lambda s, r: rgb_tiles(s, tile),
         "geopile": lambda s, r: rgb_tiles(s, tile),
     }
-    roles = {"sen12ms": ("sar", "s2"), "mdas": ("rgb", "dsm")}.get(source, ("rgb",))
-    writer = ShardWriter(out_dir, rows_per_shard, bands={r: SENSORS[r].bands for r in roles})
+    bands = {role: SENSORS[role].bands for role in spec.roles}
+    writer = ShardWriter(out_dir, rows_per_shard, bands=bands)
     try:
         for ref, sample in report.read_all(reader):
             origin = report.origin(ref)
