@@ -90,7 +90,7 @@ def test_finetune_model_outputs(task: str, transfer: str) -> None:
     shapes, out_shape = INPUTS[task]
     native = max(side for _, side in shapes.values() if side <= 128)
     model = build_finetune_model(
-        task, init="random", transfer=transfer, model_cfg=SMALL, native_size=native,
+        task, weights="random", transfer=transfer, model_cfg=SMALL, native_size=native,
         head_channels=32,
     )  # fmt: skip
     inputs = {role: torch.rand(2, c, side, side) for role, (c, side) in shapes.items()}
@@ -104,7 +104,7 @@ def test_finetune_model_outputs(task: str, transfer: str) -> None:
 
 def test_finetune_model_accepts_sensor_keys_and_reports_missing_ones() -> None:
     model = build_finetune_model(
-        "sen12ms_cr", init="random", sensors=["sar", "s2"], model_cfg=SMALL, img_size=64,
+        "sen12ms_cr", weights="random", sensors=["sar", "s2"], model_cfg=SMALL, img_size=64,
         head_channels=32,
     )  # fmt: skip
     assert model({"sar": torch.rand(1, 2, 64, 64), "s2": torch.rand(1, 13, 64, 64)}).shape == (
@@ -114,7 +114,7 @@ def test_finetune_model_accepts_sensor_keys_and_reports_missing_ones() -> None:
         64,
     )
     by_role = build_finetune_model(
-        "sen12ms_cr", init="random", model_cfg=SMALL, img_size=64, head_channels=32
+        "sen12ms_cr", weights="random", model_cfg=SMALL, img_size=64, head_channels=32
     )
     assert by_role.keys == ["sar", "s2_cloudy"]
     assert by_role({"sar": torch.rand(1, 2, 64, 64), "s2": torch.rand(1, 13, 64, 64)}).shape == (
@@ -123,11 +123,11 @@ def test_finetune_model_accepts_sensor_keys_and_reports_missing_ones() -> None:
     with pytest.raises(KeyError, match=r"inputs lack \['s2'\]"):
         model({"sar": torch.rand(1, 2, 64, 64)})
     with pytest.raises(KeyError, match="has no input 'dsm'"):
-        build_finetune_model("sen12ms_cr", init="random", sensors=["dsm"], img_size=64)
+        build_finetune_model("sen12ms_cr", weights="random", sensors=["dsm"], img_size=64)
 
 
 def test_layer_decay_scales_rise_with_depth_to_one_at_the_head() -> None:
-    model = build_finetune_model("bigearthnet", init="random", model_cfg=SMALL, img_size=64)
+    model = build_finetune_model("bigearthnet", weights="random", model_cfg=SMALL, img_size=64)
     groups = layer_decay_groups(model, base_lr=1e-3, layer_decay=0.5, weight_decay=0.05)
     names = {id(param): name for name, param in model.named_parameters()}
     scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}

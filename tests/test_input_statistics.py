@@ -128,7 +128,7 @@ def test_finetuning_keeps_pretrained_statistics_and_measures_the_others(tmp_path
         "sar": (torch.full((2,), 0.4), torch.full((2,), 0.1)),
     }
     kept = build_finetune_model(
-        "bigearthnet", init="msgfm", checkpoint=checkpoint, model_cfg=SMALL, img_size=64,
+        "bigearthnet", weights="msgfm", checkpoint=checkpoint, model_cfg=SMALL, img_size=64,
         input_statistics=task_stats,
     )  # fmt: skip
     stacked = kept.backbone.stacked
@@ -136,7 +136,7 @@ def test_finetuning_keeps_pretrained_statistics_and_measures_the_others(tmp_path
         stacked.input_mean, torch.cat([torch.full((13,), 0.2), torch.full((2,), 0.5)])
     )
     fresh = build_finetune_model(
-        "bigearthnet", init="random", model_cfg=SMALL, img_size=64, input_statistics=task_stats
+        "bigearthnet", weights="random", model_cfg=SMALL, img_size=64, input_statistics=task_stats
     )
     assert torch.equal(fresh.backbone.stacked.input_std[:13], torch.full((13,), 0.3))
     assert torch.equal(fresh.backbone.stacked.input_mean[13:], torch.full((2,), 0.4))
@@ -149,7 +149,7 @@ def test_a_band_the_dataset_lacks_never_reaches_the_encoder(transfer):
     valid = [True] * 13
     valid[10] = False
     model = build_finetune_model(
-        "bigearthnet", init="random", transfer=transfer, model_cfg=SMALL, img_size=64,
+        "bigearthnet", weights="random", transfer=transfer, model_cfg=SMALL, img_size=64,
         band_valid={"s2": valid, "sar": [True, True]},
     ).eval()  # fmt: skip
     inputs = {"s2": torch.rand(2, 13, 64, 64), "sar": torch.rand(2, 2, 64, 64)}

@@ -53,7 +53,7 @@ def current_groups(case: str) -> dict[str, list[float]]:
         return _described(model, param_groups(model, weight_decay=0.05, lr_scale_by_prefix=scales))
     task, transfer, decay = FINETUNE[case]
     model = build_finetune_model(
-        task, init="random", transfer=transfer, model_cfg={"preset": "demo"}, img_size=64
+        task, weights="random", transfer=transfer, model_cfg={"preset": "demo"}, img_size=64
     )
     groups = layer_decay_groups(model, base_lr=3e-4, layer_decay=decay, weight_decay=0.05)
     return _described(model, groups)

@@ -1,6 +1,9 @@
 """Backbones for finetuning: msGFM weights, a random init, or ImageNet-22k Swin-B (Table 3).
 
-``build_backbone(init, sensors=…, transfer=…, checkpoint=…, model_cfg=…, img_size=…)``:
+``build_backbone(weights, sensors=…, transfer=…, checkpoint=…, model_cfg=…, img_size=…)``:
+
+``weights`` is where the weights come from, not the workflow's ``init`` (a pretraining variant,
+``random`` or ``in22k``: every variant's encoder is ``"msgfm"`` here):
 
 - ``"msgfm"``: the encoder and stems of a pretraining ``encoder.pt`` (``load_encoder``).
   ``model_cfg`` may change training-only settings (``drop_path_rate``, MoE gate noise or
@@ -60,7 +63,7 @@ from msgfm.model.factory import (
 from msgfm.model.patch_embed import SensorPatchEmbed, StackedPatchEmbed
 
 IN22K_MODEL = "swin_base_patch4_window7_224.ms_in22k"
-INITS = ("msgfm", "random", "in22k")
+WEIGHTS = ("msgfm", "random", "in22k")
 TRANSFERS = ("stacked", "shared")
 # Config keys that shape the weights; the others may differ from a checkpoint's.
 ARCHITECTURE_KEYS = ("patch_size", "embed_dim", "depths", "num_heads", "window_size")
@@ -171,11 +174,11 @@ def _load_msgfm(
 ) -> tuple[PretrainedBackbone, set[str]]:
     """The checkpoint's backbone with stems for ``sensors`` and the sensors it brought itself."""
     if checkpoint is None:
-        raise BackboneError("init 'msgfm' needs the pretraining checkpoint (encoder.pt)")
+        raise BackboneError("weights 'msgfm' need the pretraining checkpoint (encoder.pt)")
     try:
         state, origin = read_pretraining_checkpoint(checkpoint)
     except CheckpointFormatError as error:
-        raise BackboneError(f"{error}; for timm Swin weights use init 'in22k'") from None
+        raise BackboneError(f"{error}; for timm Swin weights use weights 'in22k'") from None
     config = resolve_config(state["config"])
     if model_cfg:
         wanted = resolve_config(model_cfg)
@@ -277,7 +280,7 @@ def _in22k(
 
 
 def build_backbone(
-    init: str,
+    weights: str,
     *,
     sensors: Sequence[str],
     transfer: str = "stacked",
@@ -297,16 +300,16 @@ def build_backbone(
     or mapping; None downloads it through timm). The returned backbone carries
     ``input_size`` (the size its inputs must have) for ``FinetuneModel``.
     """
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}; expected one of {WEIGHTS}")
     if transfer not in TRANSFERS:
         raise ValueError(f"unknown transfer {transfer!r}; expected one of {TRANSFERS}")
     if not sensors or len(set(sensors)) != len(sensors):
         raise ValueError(f"sensors must be a non-empty list without repeats, got {sensors}")
     pretrained: set[str] = set()
-    if init == "msgfm":
+    if weights == "msgfm":
         backbone, pretrained = _load_msgfm(checkpoint, sensors, model_cfg)
-    elif init == "random":
+    elif weights == "random":
         backbone = _random(sensors, model_cfg)
     else:
         backbone = _in22k(checkpoint, sensors, model_cfg)

@@ -39,7 +39,7 @@ from msgfm.finetune.data import (
 )
 from msgfm.finetune.subsets import train_split
 from msgfm.model.factory import resolve_config
-from msgfm.plan import fraction_label
+from msgfm.plan import BASELINE_INITS, fraction_label
 from msgfm.train.checkpoint import TrainPosition, unwrap
 from msgfm.train.job import Job, open_tracked_run, resumed_trainer, run_job, write_metrics
 from msgfm.train.optim import build_optimization
@@ -81,11 +81,12 @@ def build_cell_model(
 
     settings = cfg["finetune"]
     native, output = native_sizes(spec, shards, settings.get("data_size"))
-    init = cfg["init"] if cfg["init"] in ("random", "in22k") else "msgfm"
+    # a pretraining variant's encoder is msGFM weights; random and in22k name their own
+    weights = cfg["init"] if cfg["init"] in BASELINE_INITS else "msgfm"
     roles = [role for role, _ in spec.inputs]
     return build_finetune_model(
         spec.name,
-        init=init,
+        weights=weights,
         sensors=[role for role, _ in spec.inputs],
         transfer=cfg["transfer"],
         checkpoint=cfg.get("checkpoint"),

@@ -233,7 +233,7 @@ def build_head(
 def build_finetune_model(
     task: str,
     *,
-    init: str,
+    weights: str,
     sensors: Sequence[str] | None = None,
     transfer: str = "stacked",
     checkpoint: Path | Mapping[str, Any] | None = None,
@@ -265,7 +265,7 @@ def build_finetune_model(
             raise ValueError("give img_size or the data's native_size")
         img_size = input_size_for(native_size, model_cfg)
     backbone = build_backbone(
-        init,
+        weights,
         sensors=stems,
         transfer=transfer,
         checkpoint=checkpoint,
