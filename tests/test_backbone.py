@@ -91,6 +91,24 @@ def test_training_settings_may_differ_from_the_checkpoint(checkpoint: Path) -> N
     assert backbone.encoder.stages[3].blocks[1].drop_path1.drop_prob == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize(
+    "head", [{"distill": {"dim": 24}}, {"feature_recon": {"dim": 24}}], ids=["distill", "eva"]
+)
+def test_a_teacher_guided_encoder_finetunes_under_the_workflows_model_config(tmp_path, head):
+    """Table 5's encoders were pretrained with a distillation head or feature decoders that the
+    finetuning model config (the variant's, msgfm.plan.init_model) does not describe: they load
+    all the same, with the encoder's weights."""
+    torch.manual_seed(0)
+    model = build_model({**SMALL, **head})
+    path = tmp_path / "encoder.pt"
+    torch.save({"config": model.config, "model": model.state_dict()}, path)
+    backbone = build_backbone(
+        "msgfm", sensors=["s2"], checkpoint=path, model_cfg=SMALL, img_size=64
+    )
+    for name, value in backbone.encoder.state_dict().items():
+        assert torch.equal(value, model.encoder.state_dict()[name]), name
+
+
 def test_random_init_builds_any_sensor_set() -> None:
     backbone = build_backbone("random", sensors=["mul", "pan", "dsm"], model_cfg=SMALL, img_size=64)
     assert backbone.stacked.channels == (8, 1, 1)

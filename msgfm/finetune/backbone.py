@@ -69,6 +69,10 @@ TRANSFERS = ("stacked", "shared")
 ARCHITECTURE_KEYS = ("patch_size", "embed_dim", "depths", "num_heads", "window_size")
 ARCHITECTURE_KEYS += ("mlp_ratio", "qkv_bias")
 MOE_ARCHITECTURE_KEYS = ("enabled", "stage", "every_other", "num_experts")
+# Pretraining-only heads a checkpoint may carry (Table 5's distillation head and feature
+# decoders): rebuilt from the checkpoint's own config so its weights load strictly, then dropped
+# with the decoders by load_encoder. The finetuning model config does not describe them.
+PRETRAINING_HEAD_KEYS = ("distill", "feature_recon")
 
 BANDS: dict[str, tuple[str, ...]] = {
     **{name: sensor.bands for name, sensor in SENSORS.items()},
@@ -188,7 +192,8 @@ def _load_msgfm(
                 f"{origin}: checkpoint architecture differs from the model config: "
                 + "; ".join(mismatches)
             )
-        config = {**wanted, "sensors": config["sensors"], "img_size": config["img_size"]}
+        kept = ("sensors", "img_size", *PRETRAINING_HEAD_KEYS)
+        config = {**wanted, **{key: config[key] for key in kept}}
     backbone = load_encoder({"config": config, "model": state["model"]})
     # a pretraining sensor the checkpoint lacks is a mismatch, not something to improvise
     stems = _complete_stems(dict(backbone.embeds), sensors, origin, NEW_SENSORS)
