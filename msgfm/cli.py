@@ -157,7 +157,7 @@ def _fig4(args: argparse.Namespace) -> object:
 
 
 def _estimate_cost(args: argparse.Namespace) -> object:
-    from msgfm.config_checks import load_config
+    from msgfm.config_files import load_config
     from msgfm.cost import estimate, measured_throughput, shard_sizes
     from msgfm.plan import experiments
     from msgfm.tracking import resolve_tracking_uri

@@ -9,38 +9,12 @@ Torch-free: Snakemake imports it while it parses the Snakefile.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from msgfm import plan
 from msgfm.data.registry import dataset_spec
 from msgfm.model.config import check_input_size, encoder_stride, resolve_config
-
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def load_config(
-    paths: Iterable[str | Path], overrides: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The config a workflow run sees: ``paths`` merged in order (``--configfile``: later keys
-    win, nested mappings merge), then ``overrides`` (``--config``), validated with every
-    schema default filled in and checked as the Snakefile checks it. For the verbs and tests
-    that plan outside Snakemake (``estimate-cost``), so they cannot plan another config."""
-    import yaml
-    from snakemake.utils import update_config, validate
-
-    from msgfm.schema_errors import schema_errors_in_one_line
-
-    config: dict[str, Any] = {}
-    for path in paths:
-        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
-    update_config(config, copy.deepcopy(dict(overrides or {})))
-    with schema_errors_in_one_line():
-        validate(config, str(SCHEMA))
-    check_config(config)
-    return config
 
 
 def check_mdas_resize(tile: int, mdas_resize: int) -> None:

@@ -26,7 +26,7 @@ def demo_config() -> dict[str, Any]:
     """The demo workflow's config (config.yaml, then demo.yaml, schema defaults filled in).
     Tests build their jobs from it (msgfm.plan), so a schema or demo change reaches them;
     treat it as read-only (copy before changing: it is shared by the session)."""
-    from msgfm.config_checks import load_config
+    from msgfm.config_files import load_config
 
     return load_config([REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml"])
 

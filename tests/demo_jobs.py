@@ -28,7 +28,7 @@ TEST_BATCH_SIZES = {"rgb": 4, "sen12ms": 2, "mdas": 2}
 
 @functools.cache
 def _demo_config() -> dict[str, Any]:
-    from msgfm.config_checks import load_config
+    from msgfm.config_files import load_config
 
     return load_config([REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml"])
 

@@ -28,7 +28,7 @@ import torch
 import yaml
 import yte
 
-from msgfm.config_checks import load_config
+from msgfm.config_files import load_config
 from msgfm.plan import TABLE_NAMES
 from msgfm.tables.paper import TABLES
 

@@ -165,9 +165,10 @@ def test_finetune_cells_go_to_their_tables_experiment_once(tmp_path: Path) -> No
     assert configs, result.stdout[-3000:]
     cells = [(c["task"], c["init"], c["transfer"], c["fraction"], c["seed"]) for c in configs]
     assert len(cells) == len(set(cells))
-    for job in configs:
-        expected = "msgfm-table6" if job["init"] == "t6_moe_cross50" else "msgfm-table3"
-        assert job["experiment"] == expected, job["init"]
+    for job in configs:  # t3_msgfm and the random init are Table 3's rows
+        table = {"t6": "6", "t5": "5"}.get(job["init"][:2], "3")
+        assert job["experiment"] == f"msgfm-table{table}", job["init"]
+    assert {job["experiment"] for job in configs} == {f"msgfm-table{t}" for t in "356"}
     best = next(c for c in configs if c["init"] == "t6_moe_cross50")
     # As the pretraining run of its encoder tags itself (no teacher, all sensors: no tag).
     assert best["tags"] == {"table": "6", "moe": "True", "cross_rate": "0.5", "objective": "mim"}
