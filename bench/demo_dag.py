@@ -39,7 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 600.0
-TRAINING = ("pretrain", "finetune", "finetune_inputs")  # benchmark folders of training rules
+TRAINING = ("pretrain", "finetune", "finetune_sensors")  # benchmark folders of training rules
 
 
 def training_jobs(results: Path) -> list[tuple[str, float, float, float | None, float]]:

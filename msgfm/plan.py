@@ -30,7 +30,7 @@ BASELINE_INITS = ("in22k", "random")
 SHARDS_DIR = "shards"
 PRETRAIN_DIR = "pretrain"
 FINETUNE_DIR = "finetune"
-INPUTS_DIR = "finetune_inputs"  # cells fed a subset of the task's sensors (figures only)
+SENSORS_DIR = "finetune_sensors"  # cells fed a subset of the task's sensors (figures only)
 # Pretraining settings of the rule, not of the training job: the process layout reaches the job
 # as its world size, the epoch cap and overrides as the variant's epochs.
 RULE_ONLY = frozenset({"epochs_cap", "epochs_override", "nodes", "gpus_per_node", "threads"})
@@ -45,16 +45,16 @@ class Cell(NamedTuple):
     transfer: str
     fraction: str  # as paths spell it (fraction_label)
     seed: int
-    inputs: str = "all"
+    sensors: str = "all"
 
     @property
     def job_dir(self) -> str:
         """Its folder under results_root; cells fed a subset of the sensors live apart from
         the tables' cells."""
         cell = f"{self.task}/{self.init}/{self.transfer}/frac{self.fraction}/seed{self.seed}"
-        if self.inputs == "all":
+        if self.sensors == "all":
             return f"{FINETUNE_DIR}/{cell}"
-        return f"{INPUTS_DIR}/{self.inputs}/{cell}"
+        return f"{SENSORS_DIR}/{self.sensors}/{cell}"
 
 
 def pretrain_job_dir(variant: str) -> str:
@@ -201,8 +201,8 @@ def finetune_job(config: Mapping[str, Any], cell: Cell, results_root: str) -> di
     }
     # Only for cells fed a subset of the sensors: the other cells' configs (and so their config
     # hashes) stay as they were.
-    if cell.inputs != "all":
-        job["inputs"] = cell.inputs.split("+")
+    if cell.sensors != "all":
+        job["sensors"] = cell.sensors.split("+")
     return job
 
 
@@ -246,9 +246,9 @@ def grid_cells(config: Mapping[str, Any], name: str) -> list[Cell]:
             for fraction in fractions:
                 for transfer in grid["transfers"]:
                     for seed in grid["seeds"] or settings["seeds"]:
-                        for inputs in grid["inputs"]:
+                        for sensors in grid["sensors"]:
                             label = fraction_label(fraction)
-                            cells.add(Cell(task, init, transfer, label, seed, inputs))
+                            cells.add(Cell(task, init, transfer, label, seed, sensors))
     return sorted(cells)
 
 
@@ -258,9 +258,9 @@ def figure_grids(config: Mapping[str, Any]) -> list[str]:
 
 
 def table_cells(config: Mapping[str, Any]) -> list[Cell]:
-    """The cells that feed the tables: those of the grids that run fed all the task's inputs."""
+    """The cells that feed the tables: those of the grids that run fed all the task's sensors."""
     cells = {cell for name in run_grids(config) for cell in grid_cells(config, name)}
-    return sorted(cell for cell in cells if cell.inputs == "all")
+    return sorted(cell for cell in cells if cell.sensors == "all")
 
 
 def finetune_cells(config: Mapping[str, Any]) -> dict[Cell, str]:

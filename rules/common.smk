@@ -22,8 +22,8 @@ DATASETS = sorted(set(PRETRAIN_SOURCES) | set(DOWNSTREAM_TASKS))
 VARIANTS = config["variants"]
 FINETUNE = RESULTS / plan.FINETUNE_DIR
 TABLES = RESULTS / "tables"
-# Cells fed a subset of the task's sensors (finetune.grids.<grid>.inputs).
-FINETUNE_INPUTS = RESULTS / plan.INPUTS_DIR
+# Cells fed a subset of the task's sensors (finetune.grids.<grid>.sensors).
+FINETUNE_SENSORS = RESULTS / plan.SENSORS_DIR
 FIGURES = RESULTS / "figures"
 # Snakemake's wall time and memory of every training job (bench/demo_dag.py reads them).
 BENCHMARKS = RESULTS / "benchmarks"
@@ -144,7 +144,7 @@ def wildcard_cell(wildcards):
         wildcards.transfer,
         wildcards.fraction,
         int(wildcards.seed),
-        wildcards.get("inputs", "all"),
+        wildcards.get("sensors", "all"),
     )
 
 

@@ -65,26 +65,26 @@ rule finetune:
         " finetune --config-json {params.config:q} --out {params.out:q} > {log:q} 2>&1"
 
 
-# A cell fed a subset of the task's sensors (config finetune.grids.<grid>.inputs; paper Fig. 4):
-# the same job, told its inputs by the {inputs} wildcard (finetune_job_config).
-use rule finetune as finetune_input_subset with:
+# A cell fed a subset of the task's sensors (config finetune.grids.<grid>.sensors; paper Fig. 4):
+# the same job, told which by the {sensors} wildcard (finetune_job_config).
+use rule finetune as finetune_sensor_subset with:
     output:
-        FINETUNE_INPUTS
-        / "{inputs}/{task}/{init}/{transfer}/frac{fraction}/seed{seed}/metrics.json",
+        FINETUNE_SENSORS
+        / "{sensors}/{task}/{init}/{transfer}/frac{fraction}/seed{seed}/metrics.json",
     log:
         LOGS
-        / "finetune_inputs"
-        / "{inputs}"
+        / "finetune_sensors"
+        / "{sensors}"
         / "{task}"
         / "{init}_{transfer}_frac{fraction}_seed{seed}.log",
     benchmark:
         BENCHMARKS
-        / "finetune_inputs"
-        / "{inputs}"
+        / "finetune_sensors"
+        / "{sensors}"
         / "{task}"
         / "{init}_{transfer}_frac{fraction}_seed{seed}.tsv"
     wildcard_constraints:
-        inputs=r"[a-z0-9]+(\+[a-z0-9]+)*",
+        sensors=r"[a-z0-9]+(\+[a-z0-9]+)*",
         init="|".join([*VARIANTS, *BASELINE_INITS]),
         transfer="stacked|shared",
         fraction=r"[0-9.e-]+",

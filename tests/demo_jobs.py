@@ -68,13 +68,13 @@ FINETUNE_TEST_SETTINGS = {
 
 def finetune_job(
     shards: Path, results: Path, task: str = "bigearthnet", *, init: str = "random",
-    inputs: str = "all", **settings: Any,
+    sensors: str = "all", **settings: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """The demo workflow's job config of ``task``'s 100 % cell from ``init`` (seed 0, method
     2), reading the task's shard set in ``shards`` and writing under ``results``, with
     :data:`FINETUNE_TEST_SETTINGS` and ``settings`` on top of the demo's task settings. No
     encoder file: tests that start from one set ``checkpoint``."""
-    cell = plan.Cell(task, init, "stacked", "1", 0, inputs)
+    cell = plan.Cell(task, init, "stacked", "1", 0, sensors)
     job = plan.finetune_job(demo_config(), cell, str(results))
     job.update(shards=str(shards / task), checkpoint=None, world_size=1)
     job["finetune"].update({**FINETUNE_TEST_SETTINGS, **settings})

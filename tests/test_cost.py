@@ -40,7 +40,7 @@ def config() -> dict:
                     "inits": ["a", "in22k"],
                     "transfers": ["stacked"],
                     "seeds": None,
-                    "inputs": ["all"],
+                    "sensors": ["all"],
                     "tasks": {"bigearthnet": [0.1], "vaihingen": [1.0]},
                 }
             },

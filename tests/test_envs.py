@@ -240,6 +240,22 @@ def test_tutel_backend_runs_in_the_env_that_builds_tutel():
     module walk above leaves out; the training rules then use envs/pretrain_tutel.yaml."""
     assert "tutel" in env_requirements(ROOT / "envs" / "pretrain_tutel.yaml")
     assert "tutel" not in env_requirements(ROOT / "envs" / "pretrain.yaml")
-    for rule in ("pretrain", "finetune", "finetune_input_subset"):
+    for rule in ("pretrain", "finetune", "finetune_sensor_subset"):
         assert RULES["demo-tutel", rule][0] == "../envs/pretrain_tutel.yaml", rule
         assert RULES["paper", rule][0] == "../envs/pretrain.yaml", rule
+
+
+def test_every_launched_rule_is_placed_by_the_slurm_profile():
+    """A rule that runs the launcher (torchrun, the time-limit warning) needs the SLURM
+    profile's placement: one task per node holding its GPUs, its CPUs, and the warning signal
+    ahead of the limit. Snakemake's ``set-resources`` is keyed by rule name, so a rule derived
+    with ``use rule ... as`` gets none of it unless it is named there too."""
+    import yte
+
+    profile = ROOT / "workflow" / "profiles" / "slurm" / "config.v9+.yaml"
+    placed = yte.process_yaml(profile.read_text(), require_use_yte=True)["set-resources"]
+    launched = {rule for (_, rule), (_, shell) in RULES.items() if "launch" in rule_verbs(shell)}
+    assert launched >= {"pretrain", "finetune", "finetune_sensor_subset"}
+    for rule in sorted(launched):
+        assert rule in placed, f"rule {rule}: no set-resources in {profile.name}"
+        assert "--signal=URG@" in placed[rule]["slurm_extra"], rule

@@ -18,22 +18,20 @@ from demo_jobs import finetune_job, pretrain_job
 import msgfm.finetune.loop as finetune_loop
 from msgfm.data.loader import MultiSourceDataset
 from msgfm.data.shards import ShardSet
-from msgfm.data.tiling.downstream import tile_downstream
 from msgfm.errors import DataError
-from msgfm.finetune.data import task_spec, with_inputs
+from msgfm.finetune.data import task_spec, with_sensors
 from msgfm.pretrain.loop import model_config, open_sources, run_pretraining, source_specs
-from msgfm.tables.fig4 import inputs_label, parse_rows, write_fig4
+from msgfm.tables.fig4 import parse_rows, sensors_label, write_fig4
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def shards(pretrain_shards: Path, demo_root: Path, tmp_path_factory) -> Path:
-    """The demo's pretraining shard sets (shards/pretrain) and SEN12MS-CR's
-    (shards/downstream)."""
+def shards(pretrain_shards: Path, downstream_shards: Path, tmp_path_factory) -> Path:
+    """The demo's shard sets, as results/shards holds them."""
     root = tmp_path_factory.mktemp("fig4-shards")
     (root / "pretrain").symlink_to(pretrain_shards)
-    tile_downstream("sen12ms_cr", demo_root, root / "downstream" / "sen12ms_cr")
+    (root / "downstream").symlink_to(downstream_shards)
     return root
 
 
@@ -82,20 +80,20 @@ def test_a_sar_only_job_trains_the_sar_stem_and_leaves_the_others_at_init(shards
 
 
 def test_a_cell_fed_one_sensor_uses_only_its_stem_and_records_it(shards, tmp_path):
-    spec = with_inputs(task_spec("sen12ms_cr"), ["s2"])
+    spec = with_sensors(task_spec("sen12ms_cr"), ["s2"])
     assert spec.inputs == (("s2_cloudy", "s2"),) and spec.target == "s2"
-    assert with_inputs(task_spec("bigearthnet"), None) == task_spec("bigearthnet")
-    with pytest.raises(ValueError, match=r"sen12ms_cr: inputs \['dsm'\] are not among"):
-        with_inputs(task_spec("sen12ms_cr"), ["dsm"])
+    assert with_sensors(task_spec("bigearthnet"), None) == task_spec("bigearthnet")
+    with pytest.raises(ValueError, match=r"sen12ms_cr: sensors \['dsm'\] are not among"):
+        with_sensors(task_spec("sen12ms_cr"), ["dsm"])
     config = finetune_job(
-        shards / "downstream", tmp_path, "sen12ms_cr", inputs="sar", epochs=1, warmup_epochs=0,
+        shards / "downstream", tmp_path, "sen12ms_cr", sensors="sar", epochs=1, warmup_epochs=0,
         max_steps_per_epoch=1,
     )  # fmt: skip
     metrics = finetune_loop.run_finetuning(config, tmp_path / "cell")
-    assert metrics["inputs"] == "sar" and metrics["SAM"] > 0
+    assert metrics["sensors"] == "sar" and metrics["SAM"] > 0
     shardset = ShardSet(config["shards"])
     model = finetune_loop.build_cell_model(
-        config, with_inputs(task_spec("sen12ms_cr"), ["sar"]), shardset, shardset.split("train")
+        config, with_sensors(task_spec("sen12ms_cr"), ["sar"]), shardset, shardset.split("train")
     )
     assert list(model.backbone.stacked.sensors) == ["sar"]
 
@@ -110,27 +108,27 @@ def cell(root: Path, name: str, **metrics: object) -> Path:
 def test_the_figure_summarises_seeds_per_row_and_input_beside_the_paper(tmp_path):
     rows = ["fig4_sar=SAR only", "t6_moe_cross50=msGFM"]
     paths = []
-    for i, (init, inputs, seed, value, sam) in enumerate(
+    for i, (init, sensors, seed, value, sam) in enumerate(
         [
             ("fig4_sar", "sar", 0, 70.0, 12.0), ("fig4_sar", "sar", 1, 72.0, 14.0),
             ("t6_moe_cross50", "s2", 0, 86.0, 9.0), ("t6_moe_cross50", "s2", 1, 88.0, 11.0),
             ("t6_moe_cross50", "s2+sar", 0, 89.0, 8.0), ("random", "s2", 0, 50.0, 20.0),
         ]
     ):  # fmt: skip
-        common = {"init": init, "inputs": inputs, "seed": seed}
+        common = {"init": init, "sensors": sensors, "seed": seed}
         paths.append(cell(tmp_path, f"ben{i}", task="bigearthnet", fraction=0.1,
                           mAP_micro=value, **common))  # fmt: skip
         paths.append(cell(tmp_path, f"cr{i}", task="sen12ms_cr", fraction=0.01, SAM=sam,
                           **common))  # fmt: skip
     paths.append(cell(tmp_path, "ben_full", task="bigearthnet", fraction=1.0, mAP_micro=99.0,
-                      init="fig4_sar", inputs="sar", seed=0))  # fmt: skip
+                      init="fig4_sar", sensors="sar", seed=0))  # fmt: skip
     png, csv = tmp_path / "out" / "fig4.png", tmp_path / "out" / "fig4.csv"
     summary = write_fig4(paths, rows, png, csv)
 
     assert png.stat().st_size > 10_000
     assert pd.read_csv(csv).shape == summary.shape
-    line = summary.set_index(["task", "pretraining", "inputs"])
-    assert list(dict.fromkeys(summary.inputs)) == ["SAR", "S2", "SAR+S2"]
+    line = summary.set_index(["task", "pretraining", "sensors"])
+    assert list(dict.fromkeys(summary.sensors)) == ["SAR", "S2", "SAR+S2"]
     sar = line.loc[("bigearthnet", "SAR only", "SAR")]
     assert (sar.ours_mean, sar.seeds) == (71.0, 2)  # the 100 % cell is not Fig. 4's
     assert sar.ours_std == pytest.approx(2**0.5)
@@ -143,13 +141,13 @@ def test_the_figure_summarises_seeds_per_row_and_input_beside_the_paper(tmp_path
     assert "random" not in set(summary.init)  # not a row of the figure
 
 
-def test_figure_inputs_must_be_recorded_and_rows_well_formed(tmp_path):
+def test_figure_sensors_must_be_recorded_and_rows_well_formed(tmp_path):
     old = cell(tmp_path, "old", task="bigearthnet", fraction=0.1, init="x", seed=0, mAP_micro=1.0)
-    with pytest.raises(DataError, match=r"old/metrics\.json: needs 'inputs'"):
+    with pytest.raises(DataError, match=r"old/metrics\.json: needs 'sensors'"):
         write_fig4([old], ["x=X only"], tmp_path / "f.png", tmp_path / "f.csv")
     with pytest.raises(ValueError, match="expected INIT=LABEL"):
         parse_rows(["fig4_sar"])
-    assert inputs_label("s2+sar") == inputs_label("sar+s2") == "SAR+S2"
+    assert sensors_label("s2+sar") == sensors_label("sar+s2") == "SAR+S2"
 
 
 def dry_run_jobs(tmp_path: Path, *targets: str, **config: object) -> dict[str, int]:
@@ -170,18 +168,18 @@ def dry_run_jobs(tmp_path: Path, *targets: str, **config: object) -> dict[str, i
 
 def test_the_demo_dag_builds_fig4_only_when_it_is_on(tmp_path):
     off = dry_run_jobs(tmp_path)
-    assert "fig4" not in off and "finetune_input_subset" not in off
+    assert "fig4" not in off and "finetune_sensor_subset" not in off
     on = dry_run_jobs(tmp_path, figures={"fig4": True})
     assert on["fig4"] == 1
     assert on["pretrain"] == off["pretrain"] + 2  # fig4_sar, fig4_s2
-    # 3 inits x 2 tasks x 2 single-sensor inputs x 3 seeds (config.yaml's finetune.seeds)
-    assert on["finetune_input_subset"] == 36
+    # 3 inits x 2 tasks x 2 single-sensor subsets x 3 seeds (config.yaml's finetune.seeds)
+    assert on["finetune_sensor_subset"] == 36
     # a single-sensor variant waits for the SEN12MS shards only
     alone = dry_run_jobs(tmp_path, str(tmp_path / "r/pretrain/fig4_sar/encoder.pt"))
     assert (alone["tile_pretrain"], alone["pretrain"]) == (1, 1)
 
 
-def test_a_restricted_variant_costs_only_its_sources_and_inputs_multiply_cells():
+def test_a_restricted_variant_costs_only_its_sources_and_sensor_subsets_multiply_cells():
     from msgfm.cost import estimate
 
     config = {
@@ -202,7 +200,7 @@ def test_a_restricted_variant_costs_only_its_sources_and_inputs_multiply_cells()
             "run": None, "in22k": False, "seeds": [0, 1], "gpus": 1, "defaults": {"epochs": 1},
             "tasks": {},
             "grids": {"fig4": {"inits": ["fig4_sar"], "transfers": ["stacked"], "seeds": None,
-                               "tasks": {"sen12ms_cr": [1.0]}, "inputs": ["sar", "s2", "all"]}},
+                               "tasks": {"sen12ms_cr": [1.0]}, "sensors": ["sar", "s2", "all"]}},
         },
         "cost": {"samples": {"geopile": 1000, "sen12ms": 300, "sen12ms_cr/train": 10},
                  "throughput": {"pretrain": 1.0, "finetune": 1.0}},
@@ -212,5 +210,5 @@ def test_a_restricted_variant_costs_only_its_sources_and_inputs_multiply_cells()
     assert samples["pretrain/multi"] == 60 * 15  # min(1000 // 10, 300 // 5) steps of 10 + 5
     assert samples["pretrain/fig4_sar"] == 60 * 5  # SEN12MS alone: 300 // 5 steps of 5
     cells = jobs[jobs.job.str.contains("/sen12ms_cr/fig4_sar/")]
-    assert len(cells) == 6 and set(cells.samples) == {10}  # 3 inputs x 2 seeds
+    assert len(cells) == 6 and set(cells.samples) == {10}  # 3 sensor subsets x 2 seeds
     assert set(per_table.index) == {"table6", "fig4"}

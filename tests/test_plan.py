@@ -15,7 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # The rules whose jobs estimate-cost prices (rules/pretrain.smk, rules/finetune.smk).
-PRICED_RULES = {"pretrain", "finetune", "finetune_input_subset"}
+PRICED_RULES = {"pretrain", "finetune", "finetune_sensor_subset"}
 
 
 def test_the_plan_and_its_pricing_import_without_torch() -> None:

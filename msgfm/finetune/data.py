@@ -50,7 +50,7 @@ def task_spec(task: str) -> TaskSpec:
     return TASKS[task]
 
 
-def with_inputs(spec: TaskSpec, sensors: Sequence[str] | None) -> TaskSpec:
+def with_sensors(spec: TaskSpec, sensors: Sequence[str] | None) -> TaskSpec:
     """The task fed only some of its sensors, in its own stacking order (paper §4.3, Fig. 4:
     BigEarthNet from S2 or SAR alone, cloud removal from SAR or the cloudy S2 alone); None or
     empty = every input of the task."""
@@ -59,7 +59,7 @@ def with_inputs(spec: TaskSpec, sensors: Sequence[str] | None) -> TaskSpec:
     unknown = sorted(set(sensors) - set(spec.sensors))
     if unknown:
         raise ValueError(
-            f"task {spec.name}: inputs {unknown} are not among its sensors {list(spec.sensors)}"
+            f"task {spec.name}: sensors {unknown} are not among its sensors {list(spec.sensors)}"
         )
     return replace(spec, inputs=tuple(pair for pair in spec.inputs if pair[1] in sensors))
 

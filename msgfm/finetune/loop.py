@@ -35,7 +35,7 @@ from msgfm.finetune.data import (
     collate,
     role_tensor,
     task_spec,
-    with_inputs,
+    with_sensors,
 )
 from msgfm.finetune.subsets import train_split
 from msgfm.model.factory import resolve_config
@@ -117,8 +117,8 @@ def start_head_at_prior(model: nn.Module, spec: TaskSpec, train: ShardSet) -> No
 
 def _finetune(job: Job) -> dict[str, Any]:
     cfg, settings, ctx = job.cfg, job.settings, job.ctx
-    # "inputs": the sensors fed (Fig. 4's single-sensor columns); absent/None = all the task's
-    spec = with_inputs(task_spec(cfg["task"]), cfg.get("inputs"))
+    # "sensors": those fed (Fig. 4's single-sensor columns); absent/None = all the task's
+    spec = with_sensors(task_spec(cfg["task"]), cfg.get("sensors"))
     shards = ShardSet(cfg["shards"])
     train = train_split(cfg["shards"], cfg.get("subset"))
     loader, steps_per_epoch = _train_data(job, spec, train)
@@ -203,7 +203,7 @@ def cell_run_name(cfg: Mapping[str, Any], spec: TaskSpec) -> str:
         f"{cfg['task']}/{cfg['init']}/{cfg['transfer']}/frac{fraction_label(cfg['fraction'])}"
         f"/seed{int(cfg['seed'])}"
     )
-    return name + (f"/{'+'.join(spec.sensors)}" if cfg.get("inputs") else "")
+    return name + (f"/{'+'.join(spec.sensors)}" if cfg.get("sensors") else "")
 
 
 def cell_tags(cfg: Mapping[str, Any], spec: TaskSpec) -> dict[str, str]:
@@ -218,7 +218,7 @@ def cell_tags(cfg: Mapping[str, Any], spec: TaskSpec) -> dict[str, str]:
         "fraction": fraction_label(cfg["fraction"]),
         "variant": cfg["init"],
         "transfer": cfg["transfer"],
-        "inputs": "+".join(spec.sensors),
+        "sensors": "+".join(spec.sensors),
         "seed": str(int(cfg["seed"])),
     }
 
@@ -246,7 +246,7 @@ def _test(
     trainer.tracked.log_metrics({f"test/{k}": v for k, v in scores.items()}, steps)
     metrics = {
         "task": cfg["task"], "init": cfg["init"], "transfer": cfg["transfer"],
-        "inputs": "+".join(spec.sensors), "fraction": float(cfg["fraction"]), "seed": job.seed,
+        "sensors": "+".join(spec.sensors), "fraction": float(cfg["fraction"]), "seed": job.seed,
         "split": "test", "train_samples": train_samples, "test_samples": len(test),
         "epochs": int(settings["epochs"]), "steps": steps, "img_size": model.input_size,
         "train_loss": last.get("task_loss"), "device_hours": last["device_hours"],

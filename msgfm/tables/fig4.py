@@ -45,18 +45,18 @@ PANELS = (
     Panel("bigearthnet", 0.1, "mAP_micro", "BigEarthNet 10 %: mAP (↑)", True),
     Panel("sen12ms_cr", 0.01, "SAM", "SEN12MS-CR 1 %: SAM in degrees (↓)", False),
 )
-# (task, pretraining row label, inputs label) -> the paper's value (§4.3 text).
+# (task, pretraining row label, sensors label) -> the paper's value (§4.3 text).
 PAPER = {("bigearthnet", MULTI_SENSOR, "S2"): 86.8}
 # Input columns in the paper's order: single sensors first, radar before optical.
 _SENSOR_ORDER = ("sar", "s2", "rgb", "dsm", "mul", "pan")
 
 
-def inputs_label(inputs: str) -> str:
+def sensors_label(fed: str) -> str:
     """ "s2+sar" (as a job records it) -> "SAR+S2": one spelling whatever the stacking order."""
-    sensors = inputs.split("+")
+    sensors = fed.split("+")
     unknown = [s for s in sensors if s not in _SENSOR_ORDER]
     if unknown:
-        raise ValueError(f"unknown sensors {unknown} in inputs {inputs!r}")
+        raise ValueError(f"unknown sensors {unknown} in {fed!r}")
     return "+".join(s.upper() for s in sorted(sensors, key=_SENSOR_ORDER.index))
 
 
@@ -77,10 +77,10 @@ def parse_rows(rows: Iterable[str]) -> dict[str, str]:
 
 
 def load_cells(paths: Iterable[str | Path], rows: dict[str, str]) -> pd.DataFrame:
-    """One line per job and panel metric: task, init, row, inputs, seed, value.
+    """One line per job and panel metric: task, init, row, sensors, seed, value.
 
     Jobs of inits outside ``rows`` or of fractions outside the panels are skipped; a job
-    file without the ``inputs`` it was fed (written before jobs recorded it) is an error,
+    file without the ``sensors`` it was fed (written before jobs recorded it) is an error,
     as guessing would put it in the wrong column.
     """
     panels = {panel.task: panel for panel in PANELS}
@@ -95,38 +95,38 @@ def load_cells(paths: Iterable[str | Path], rows: dict[str, str]) -> pd.DataFram
             continue
         if not math.isclose(float(metrics.get("fraction", math.nan)), panel.fraction):
             continue
-        if "inputs" not in metrics or panel.metric not in metrics:
+        if "sensors" not in metrics or panel.metric not in metrics:
             raise DataError(
-                path, f"needs 'inputs' and {panel.metric!r}; finetune the cell again to add them"
+                path, f"needs 'sensors' and {panel.metric!r}; finetune the cell again to add them"
             )
         records.append(
             {
                 "task": panel.task,
                 "init": metrics["init"],
                 "row": rows[metrics["init"]],
-                "inputs": inputs_label(metrics["inputs"]),
+                "sensors": sensors_label(metrics["sensors"]),
                 "seed": int(metrics["seed"]),
                 "value": float(metrics[panel.metric]),
             }
         )
     return pd.DataFrame.from_records(
-        records, columns=["task", "init", "row", "inputs", "seed", "value"]
+        records, columns=["task", "init", "row", "sensors", "seed", "value"]
     )
 
 
 def summarise(cells: pd.DataFrame, rows: dict[str, str]) -> pd.DataFrame:
-    """Long form: one line per (panel, pretraining row, inputs) with mean, std, n and paper."""
-    columns = sorted(set(cells.inputs), key=_column_key)
+    """Long form: one line per (panel, pretraining row, sensors fed) with mean, std, n and paper."""
+    columns = sorted(set(cells.sensors), key=_column_key)
     lines = []
     for panel in PANELS:
         for init, row in rows.items():
-            for inputs in columns:
+            for sensors in columns:
                 values = cells[
-                    (cells.task == panel.task) & (cells.init == init) & (cells.inputs == inputs)
+                    (cells.task == panel.task) & (cells.init == init) & (cells.sensors == sensors)
                 ].value
                 mean = float(values.mean()) if len(values) else math.nan
                 std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-                paper = PAPER.get((panel.task, row, inputs), math.nan)
+                paper = PAPER.get((panel.task, row, sensors), math.nan)
                 lines.append(
                     {
                         "task": panel.task,
@@ -134,7 +134,7 @@ def summarise(cells: pd.DataFrame, rows: dict[str, str]) -> pd.DataFrame:
                         "metric": panel.metric,
                         "pretraining": row,
                         "init": init,
-                        "inputs": inputs,
+                        "sensors": sensors,
                         "ours_mean": mean,
                         "ours_std": std,
                         "seeds": len(values),
@@ -156,11 +156,11 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 4.2))
     for ax, panel in zip(axes, PANELS, strict=True):
         part = summary[summary.task == panel.task]
-        columns = list(dict.fromkeys(part.inputs))
+        columns = list(dict.fromkeys(part.sensors))
         rows = list(dict.fromkeys(part.pretraining))
         width = 0.8 / max(1, len(rows))
         for r, row in enumerate(rows):
-            line = part[part.pretraining == row].set_index("inputs").reindex(columns)
+            line = part[part.pretraining == row].set_index("sensors").reindex(columns)
             xs = [c + (r - (len(rows) - 1) / 2) * width for c in range(len(columns))]
             errors = line.ours_std.fillna(0.0)
             ax.bar(xs, line.ours_mean, width, yerr=errors, capsize=3, label=row)
