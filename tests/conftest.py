@@ -50,6 +50,21 @@ def pretrain_shards(
     return root
 
 
+@pytest.fixture(scope="session")
+def downstream_shards(
+    demo_root: Path, demo_config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Every demo downstream task tiled as the demo workflow tiles it (its tiler options from
+    the config), the layout of results/shards/downstream, made once per session."""
+    from msgfm.data.tiling.downstream import tile_downstream
+
+    options = demo_config["tiling"]["downstream"]
+    root = tmp_path_factory.mktemp("downstream-shards")
+    for task in demo_config["downstream_tasks"]:
+        tile_downstream(task, demo_root, root / task, **options.get(task, {}))
+    return root
+
+
 @pytest.fixture
 def host_syncs() -> HostSyncCounter:
     """A fresh HostSyncCounter (tests/host_sync.py): ``with host_syncs: ...`` then ``.calls``."""

@@ -12,7 +12,6 @@ from demo_jobs import finetune_job
 
 import msgfm.finetune.loop as loop
 from msgfm.data.shards import ShardSet, index_digest
-from msgfm.data.tiling.downstream import tile_downstream
 from msgfm.errors import DataError
 from msgfm.finetune.data import TASKS, EpochBatchSampler, TaskDataset
 from msgfm.finetune.subsets import draw_subset, subset_file, train_split, write_subset
@@ -20,7 +19,6 @@ from msgfm.tracking import read_run_id
 from msgfm.train import runner
 from msgfm.train.preemption import Preempted
 
-TASK_OPTIONS = {"vaihingen": {"crop": 256, "stride": 128}}
 EXPECTED_METRICS = {
     "bigearthnet": {"mAP_micro", "mAP_macro"},
     "sen12ms_cr": {"MAE", "SAM", "SSIM", "PSNR"},
@@ -35,12 +33,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("finetune-results")
 
 
-@pytest.fixture(scope="module")
-def shards(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("downstream-shards")
-    for task in TASKS:
-        tile_downstream(task, demo_root, root / task, **TASK_OPTIONS.get(task, {}))
-    return root
+@pytest.fixture
+def shards(downstream_shards: Path) -> Path:
+    return downstream_shards
 
 
 def job_config(shards: Path, results: Path, task: str = "bigearthnet", **settings: object) -> dict:

@@ -63,6 +63,26 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "encoder.pt", map_location="cpu", weights_only=True)["model"]
 
 
+def elsewhere(config: dict, results: Path) -> dict:
+    """The same job writing under ``results``: where a job writes is not what it trains."""
+    moved = json.loads(json.dumps(config))
+    moved["results_root"] = str(results)
+    return moved
+
+
+@pytest.fixture(scope="module")
+def one_process_reference(
+    pretrain_shards: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, Path]:
+    """:func:`job_config` run once, uninterrupted, in one process: what each interrupted and
+    resumed run of it must equal bitwise."""
+    root = tmp_path_factory.mktemp("one-process")
+    config = job_config(pretrain_shards, root)
+    out = root / "reference"
+    assert run_job(config, out).wait(timeout=600) == 0, (root / "reference.log").read_text()
+    return config, out
+
+
 def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(
     shards, tmp_path, monkeypatch
 ):
@@ -150,10 +170,11 @@ def test_a_job_honours_the_speed_switches_and_survives_a_failing_compile(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_killed_run_resumes_to_bitwise_identical_weights(shards, tmp_path, sig):
-    config = job_config(shards, tmp_path)
-    reference = tmp_path / "reference"
-    assert run_job(config, reference).wait(timeout=600) == 0
+def test_a_killed_run_resumes_to_bitwise_identical_weights(
+    shards, tmp_path, sig, one_process_reference
+):
+    config, reference = one_process_reference
+    config = elsewhere(config, tmp_path)
 
     interrupted = tmp_path / "interrupted"
     proc = run_job(config, interrupted)
@@ -234,12 +255,30 @@ def launch(*layout: str) -> list[str]:
 
 def halve_batches(config: dict, results: Path) -> dict:
     """The same global batch on two ranks, writing under ``results``."""
-    halved = json.loads(json.dumps(config))
-    halved["results_root"] = str(results)
+    halved = elsewhere(config, results)
     halved["world_size"] = 2
     for source in halved["pretrain"]["sources"].values():
         source["batch_size"] //= 2
     return halved
+
+
+# One launcher starting two processes (torchrun), as a one-node job with two GPUs does.
+TWO_PROCESSES = launch("--gpus-per-node", "2", "--grace", "120")
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(
+    pretrain_shards: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, Path]:
+    """A two-rank job (:func:`job_config`'s global batch halved per rank, checkpoints only when
+    stopped) run once, uninterrupted, by one launcher: what the same job stopped and resumed,
+    or started as two one-process nodes, must equal bitwise."""
+    root = tmp_path_factory.mktemp("two-processes")
+    config = halve_batches(job_config(pretrain_shards, root, checkpoint_every=100), root)
+    out = root / "reference"
+    proc = run_job(config, out, launcher=TWO_PROCESSES)
+    assert proc.wait(timeout=600) == 0, (root / "reference.log").read_text()[-3000:]
+    return config, out
 
 
 def listening_addresses(root: int) -> set[str]:
@@ -290,17 +329,16 @@ def test_two_ddp_processes_match_one_process_at_the_same_global_batch(shards, tm
 
 
 @pytest.mark.slow
-def test_two_launchers_as_two_nodes_equal_one_launcher_with_two_processes(shards, tmp_path):
+def test_two_launchers_as_two_nodes_equal_one_launcher_with_two_processes(
+    tmp_path, two_process_reference
+):
     """The multi-node path (one torchrun per node meeting at a c10d store on the first node)
     trains exactly what one node with both processes trains. The two "nodes" run in a network
     namespace of their own, where the store and gloo can only listen on loopback."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.skip("needs unshare and ip (util-linux, iproute2) for a private network namespace")
-    config = halve_batches(job_config(shards, tmp_path, max_steps_per_epoch=3), tmp_path)
-    one_node = tmp_path / "one-node"
-    proc = run_job(config, one_node, launcher=launch("--gpus-per-node", "2"))
-    assert proc.wait(timeout=600) == 0, (tmp_path / "one-node.log").read_text()[-3000:]
-
+    config, one_node = two_process_reference
+    config = elsewhere(config, tmp_path)
     two_nodes = tmp_path / "two-nodes"
     node = launch("--nodes", "2", "--gpus-per-node", "1", "--rendezvous", "127.0.0.1:29555",
                   "--rdzv-id", "test")  # fmt: skip
@@ -326,16 +364,14 @@ def test_two_launchers_as_two_nodes_equal_one_launcher_with_two_processes(shards
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_two_processes_stopped_by_a_signal_resume_to_bitwise_identical_weights(
-    shards, tmp_path, sig
+    tmp_path, sig, two_process_reference
 ):
     """SLURM's warning reaches every process of the step (Ctrl-C: of the terminal's group):
     each rank checkpoints at the end of its step, the launcher exits 75, and the rerun
     continues every rank, its own MoE gate noise included, to the uninterrupted weights."""
-    config = halve_batches(job_config(shards, tmp_path, checkpoint_every=100), tmp_path)
-    two = launch("--gpus-per-node", "2", "--grace", "120")
-    reference = tmp_path / "reference"
-    assert run_job(config, reference, launcher=two).wait(timeout=600) == 0
-
+    config, reference = two_process_reference
+    config = elsewhere(config, tmp_path)
+    two = TWO_PROCESSES
     interrupted = tmp_path / "interrupted"
     proc = run_job(config, interrupted, launcher=two, new_session=True)
     log = tmp_path / "interrupted.log"

@@ -121,18 +121,48 @@ def test_a_tasks_tiler_options_reach_its_job_as_one_json_argument(tmp_path: Path
     assert json.loads(words[words.index("--options-json") + 1]) == {"mul_size": 96, "pan_size": 650}
 
 
+# The demo's DAG, each training job one epoch (tests/demo_quick.yaml).
+QUICK_DEMO = ("config/demo.yaml", "tests/demo_quick.yaml")
+
+
+def demo_snakemake(results: Path, *args: str, configfiles: tuple[str, ...] = ()):
+    """Snakemake on the quick demo (then ``configfiles``) writing under ``results``."""
+    return snakemake(
+        "--configfile", *QUICK_DEMO, *configfiles,
+        "--config", f"results_root={results}", f"data_root={results}/data", *args,
+    )  # fmt: skip
+
+
+def test_the_quick_demo_runs_the_demos_jobs_only_shorter() -> None:
+    """What the end-to-end test below runs is the demo's DAG: the same pretraining variants
+    and finetuning cells, only fewer epochs (the only settings tests/demo_quick.yaml holds)."""
+    from msgfm.config_files import load_config
+
+    def leaves(tree: dict, prefix: str = "") -> set[str]:
+        return {
+            key
+            for name, value in tree.items()
+            for key in (
+                leaves(value, f"{prefix}{name}.") if isinstance(value, dict) and value
+                else {f"{prefix}{name}"}
+            )
+        }  # fmt: skip
+
+    overlay = yaml.safe_load((REPO / QUICK_DEMO[1]).read_text())
+    lengths = {"epochs", "warmup_epochs", "epochs_cap", "epochs_override"}
+    assert all(lengths & set(key.split(".")) for key in leaves(overlay)), leaves(overlay)
+    demo = load_config([REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml"])
+    quick = load_config([REPO / "config" / "config.yaml", *(REPO / c for c in QUICK_DEMO)])
+    assert plan.pretrain_variants(quick) == plan.pretrain_variants(demo)
+    assert plan.finetune_cells(quick) == plan.finetune_cells(demo)
+    assert len(plan.finetune_cells(demo)) > 20
+
+
 def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:
-    """The README's main job on a fresh results folder: demo data -> every shard set."""
+    """The README's main job on a fresh results folder: demo data -> every shard set ->
+    every variant and cell -> the tables, MLflow and the report."""
     results = tmp_path / "results"
-    result = snakemake(
-        "--configfile",
-        "config/demo.yaml",
-        "--config",
-        f"results_root={results}",
-        f"data_root={results}/data",
-        "--cores",
-        "2",
-    )
+    result = demo_snakemake(results, "--cores", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for source in ("geopile", "millionaid", "sen12ms", "mdas"):
         meta = json.loads((results / "shards" / "pretrain" / source / "meta.json").read_text())
@@ -159,45 +189,21 @@ def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:
             assert table3.loc[(init, column), "seeds"] == 3, (init, column)
     check_mlflow(results)
     # A second run has nothing to do: outputs are complete and trusted.
-    again = snakemake(
-        "-n",
-        "--configfile",
-        "config/demo.yaml",
-        "--config",
-        f"results_root={results}",
-        f"data_root={results}/data",
-    )
-    assert "Nothing to be done" in again.stdout + again.stderr
+    plans_nothing(results)
     # A changed finetuning setting reruns exactly the cells it applies to (and the tables).
     changed = tmp_path / "vaihingen_epochs.yaml"
     changed.write_text(
         "finetune:\n  tasks:\n    vaihingen:\n"
         "      {epochs: 3, batch_size: 4, lr: 3.0e-4, weight_decay: 0.05}\n"
     )
-    planned = snakemake(
-        "-n",
-        "--configfile",
-        "config/demo.yaml",
-        str(changed),
-        "--config",
-        f"results_root={results}",
-        f"data_root={results}/data",
-    )
+    planned = demo_snakemake(results, "-n", configfiles=(str(changed),))
     log = planned.stdout + planned.stderr
     outputs = re.findall(r"output: (\S+/finetune/\S+/metrics\.json)", log)
     assert len(outputs) == 2 and all("/vaihingen/" in o for o in outputs), log[-3000:]
     assert "Params have changed" in log
     # The HTML report carries the tables and one summary image per pretrained variant.
     report = tmp_path / "report.html"
-    made = snakemake(
-        "--configfile",
-        "config/demo.yaml",
-        "--config",
-        f"results_root={results}",
-        f"data_root={results}/data",
-        "--report",
-        str(report),
-    )
+    made = demo_snakemake(results, "--report", str(report))
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     html = report.read_text()
     for name in ("table3", "table5", "table6"):
@@ -210,10 +216,7 @@ def test_demo_dag_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def plans_nothing(results: Path, *settings: str) -> None:
-    again = snakemake(
-        "-n", "--configfile", "config/demo.yaml",
-        "--config", f"results_root={results}", f"data_root={results}/data", *settings,
-    )  # fmt: skip
+    again = demo_snakemake(results, *settings, "-n")  # settings: more --config values
     log = again.stdout + again.stderr
     assert again.returncode == 0 and "Nothing to be done" in log, log[-3000:]
 
