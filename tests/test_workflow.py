@@ -265,9 +265,14 @@ def test_config_values_reach_the_jobs_as_one_argument_each(tmp_path: Path) -> No
     root = tmp_path / HOSTILE
     settings = [f"results_root={root}", f"data_root={root}/data"]
     marker = root / "data" / "sen12ms" / ".msgfm-ready.json"
+    # The demo data of two datasets (the rule writes those the config names): seconds, not 20.
+    two_datasets = tmp_path / "two_datasets.yaml"
+    two_datasets.write_text(
+        "pretrain_sources: [sen12ms]\ndownstream_tasks: [sen12ms_cr]\nfinetune: {run: []}\n"
+    )
     made = snakemake(
-        "--cores", "1", "--configfile", "config/demo.yaml", "--config", *settings, "--",
-        str(marker), cwd=REPO,
+        "--cores", "1", "--configfile", "config/demo.yaml", str(two_datasets),
+        "--config", *settings, "--", str(marker), cwd=REPO,
     )  # fmt: skip
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     assert marker.is_file()
