@@ -165,8 +165,12 @@ def init_tags(config: Mapping[str, Any], init: str) -> dict[str, str]:
     MLflow compare view lines finetuning runs up by ablation row. Fixed per init: they are part
     of the job's config (a change retrains the cell, as its encoder changed too)."""
     variant = config["variants"].get(init)
-    if variant is None:
-        return {"table": "3"}
+    return {"table": "3"} if variant is None else ablation_tags(variant)
+
+
+def ablation_tags(variant: Mapping[str, Any]) -> dict[str, str]:
+    """A variant's place on its table's ablation axes, as MLflow tags: its pretraining run and
+    every finetuning run from its encoder carry the same ones (settings left unset: no tag)."""
     tags = {
         "table": str(variant["table"]),
         "moe": str(bool(variant["moe"])),

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from demo_jobs import pretrain_job
+from demo_jobs import demo_config, pretrain_job
 
+from msgfm import plan
 from msgfm.data.loader import to_tensor
 from msgfm.data.shards import ShardSet, index_digest
 from msgfm.data.statistics import role_statistics
@@ -119,6 +120,9 @@ def test_a_job_writes_a_loadable_encoder_figures_metrics_and_an_mlflow_run(
     runs = client.search_runs([client.get_experiment_by_name("msgfm-table6").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["variant"] == "t6_moe_cross50" and runs[0].data.tags["moe"] == "True"
+    # The ablation tags its finetuning runs carry too (the compare view lines both up by row).
+    cell_tags = plan.init_tags(demo_config(), "t6_moe_cross50")
+    assert cell_tags.items() <= runs[0].data.tags.items() and "teacher" not in runs[0].data.tags
     assert runs[0].data.tags["mlflow.source.name"] == "python -m msgfm pretrain"
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 8
     cost = client.get_metric_history(runs[0].info.run_id, "cost/device_hours")

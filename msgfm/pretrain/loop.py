@@ -36,7 +36,7 @@ from msgfm.data.shards import ShardSet
 from msgfm.data.statistics import role_statistics
 from msgfm.files import atomic_path
 from msgfm.model.factory import build_mask_generator, build_model
-from msgfm.plan import variant_model, variant_sources
+from msgfm.plan import ablation_tags, variant_model, variant_sources
 from msgfm.pretrain.batches import (
     SampleDraws,
     SourceSpec,
@@ -153,7 +153,7 @@ def _pretrain(job: Job) -> dict[str, Any]:
     epochs = int(variant["epochs"])
     optimizer, scheduler = _optimization(job, model, specs, sensors, epochs, steps_per_epoch)
     tracked = open_tracked_run(
-        job, run_name=variant["name"], tags=variant_tags(variant),
+        job, run_name=variant["name"], tags={"variant": variant["name"], **ablation_tags(variant)},
         entry_point="python -m msgfm pretrain",
     )  # fmt: skip
     tracked.log_shard_sets(one for group in sets.values() for one in group)
@@ -229,18 +229,6 @@ def _optimization(
         steps_per_epoch=steps_per_epoch,
         milestones=pre.get("milestones", {}).get(str(epochs), []),
     )
-
-
-def variant_tags(variant: Mapping[str, Any]) -> dict[str, str]:
-    """What the MLflow compare view lines a variant's run up by (its table's ablation axes)."""
-    return {
-        "variant": variant["name"],
-        "table": str(variant.get("table", "")),
-        "moe": str(bool(variant["moe"])),
-        "cross_rate": str(variant["cross_rate"]),
-        "objective": variant.get("objective", "mim"),
-        "teacher": str(variant.get("teacher")),
-    }
 
 
 def _finish_outputs(
