@@ -83,7 +83,7 @@ def test_a_cell_fed_one_sensor_uses_only_its_stem_and_records_it(shards, tmp_pat
     spec = with_sensors(task_spec("sen12ms_cr"), ["s2"])
     assert spec.inputs == (("s2_cloudy", "s2"),) and spec.target == "s2"
     assert with_sensors(task_spec("bigearthnet"), None) == task_spec("bigearthnet")
-    with pytest.raises(ValueError, match=r"sen12ms_cr: sensors \['dsm'\] are not among"):
+    with pytest.raises(ValueError, match=r"sen12ms_cr cannot be fed \['dsm'\]: its sensors are"):
         with_sensors(task_spec("sen12ms_cr"), ["dsm"])
     config = finetune_job(
         shards / "downstream", tmp_path, "sen12ms_cr", sensors="sar", epochs=1, warmup_epochs=0,

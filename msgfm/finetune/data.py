@@ -59,7 +59,7 @@ def with_sensors(spec: TaskSpec, sensors: Sequence[str] | None) -> TaskSpec:
     unknown = sorted(set(sensors) - set(spec.sensors))
     if unknown:
         raise ValueError(
-            f"task {spec.name}: sensors {unknown} are not among its sensors {list(spec.sensors)}"
+            f"task {spec.name} cannot be fed {unknown}: its sensors are {list(spec.sensors)}"
         )
     return replace(spec, inputs=tuple(pair for pair in spec.inputs if pair[1] in sensors))
 
